@@ -1,0 +1,279 @@
+"""The parents of a merge: where they are, at which revision, and what their config says.
+
+A parent is a local directory or a Hub repo id. `resolve_parents` turns each reference in a recipe
+into a `ParentInfo` with its `config.json`, tensor names, license and pinned revision, from (in
+this order) a local directory, the recipe's lock file, or the Hub (only `config.json` and the
+safetensors headers are fetched). `write_lock` records them in `recipes/<name>.lock.json`, so plan
+and card work offline and the merge later uses exactly those revisions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from publisher.recipe import Recipe
+
+LOCK_VERSION = 1
+
+
+@dataclass
+class ParentInfo:
+    """One parent model of the merge.
+
+    Attributes:
+        ref: the reference as the recipe writes it, e.g. `"Gille/StrangeMerges_30-7B-slerp"`.
+        source: `"local"` (a directory) or `"hub"` (a repo id).
+        revision: the pinned revision: a Hub commit SHA, or for a local directory the sha256 of
+            its config and weight files; `None` when unresolved.
+        resolved: whether `revision` and `config` come from the parent itself.
+        config: the parent's `config.json` (or, for an unresolved parent, the architecture the
+            lock declares; see `note`).
+        tensor_names: the parent's tensor names, or `None` when unknown (then every tensor of the
+            architecture is assumed present).
+        license: the parent's license id from its card, e.g. `"apache-2.0"`, if known.
+        is_base: whether this is the recipe's `base_model` (t=0).
+        note: why a parent is unresolved or where its data came from.
+        path: absolute directory for a local parent.
+    """
+
+    ref: str
+    source: str
+    revision: str | None
+    resolved: bool
+    config: dict[str, Any] | None
+    tensor_names: list[str] | None = None
+    license: str | None = None
+    is_base: bool = False
+    note: str = ""
+    path: str | None = None
+
+    @property
+    def hub_url(self) -> str | None:
+        if self.source != "hub":
+            return None
+        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+        return f"{endpoint}/{self.ref}"
+
+
+class ParentError(Exception):
+    """A parent cannot be resolved; the message says which and what to do."""
+
+
+def _is_local(ref: str, recipe_dir: Path) -> Path | None:
+    candidate = Path(ref)
+    if not candidate.is_absolute():
+        candidate = recipe_dir / candidate
+    return candidate.resolve() if candidate.is_dir() else None
+
+
+def local_revision(path: Path) -> str:
+    """A content hash of a local parent: its config and weight files, by name and bytes."""
+    digest = hashlib.sha256()
+    for file in sorted(path.iterdir()):
+        if file.name == "config.json" or file.suffix in (".safetensors", ".bin") or file.name.endswith(
+            ".index.json"
+        ):
+            digest.update(file.name.encode())
+            with file.open("rb") as fh:
+                for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+    return digest.hexdigest()
+
+
+def local_tensor_names(path: Path) -> list[str]:
+    """Tensor names of a local model directory, from its safetensors headers or index."""
+    from safetensors import safe_open
+
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        return sorted(json.loads(index.read_text())["weight_map"])
+    names: list[str] = []
+    for file in sorted(path.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as fh:
+            names.extend(fh.keys())
+    return sorted(names)
+
+
+def _card_license(readme: Path) -> str | None:
+    if not readme.exists():
+        return None
+    from huggingface_hub import ModelCard
+
+    try:
+        return ModelCard.load(readme).data.license
+    except Exception:  # an unparsable parent card just means "license unknown"
+        return None
+
+
+def _resolve_local(ref: str, path: Path, is_base: bool) -> ParentInfo:
+    config_file = path / "config.json"
+    if not config_file.exists():
+        raise ParentError(f"parent '{ref}' ({path}) has no config.json; point the recipe at a "
+                          "model directory saved with save_pretrained")
+    return ParentInfo(
+        ref=ref,
+        source="local",
+        revision=local_revision(path),
+        resolved=True,
+        config=json.loads(config_file.read_text(encoding="utf-8")),
+        tensor_names=local_tensor_names(path),
+        license=_card_license(path / "README.md"),
+        is_base=is_base,
+        note="local directory",
+        path=str(path),
+    )
+
+
+def _resolve_hub(ref: str, is_base: bool, revision: str | None = None) -> ParentInfo:
+    """Fetch a Hub parent's commit SHA, config.json, tensor names and license (no weights)."""
+    from huggingface_hub import HfApi, hf_hub_download
+
+    repo_id, _, rev = ref.partition("@")
+    api = HfApi()
+    info = api.model_info(repo_id, revision=revision or rev or None)
+    sha = info.sha
+    config_path = hf_hub_download(repo_id, "config.json", revision=sha)
+    config = json.loads(Path(config_path).read_text(encoding="utf-8"))
+    tensor_names: list[str] | None = None
+    try:
+        meta = api.get_safetensors_metadata(repo_id, revision=sha)
+        tensor_names = sorted(name for fm in meta.files_metadata.values() for name in fm.tensors)
+    except Exception:  # no safetensors: leave names unknown rather than guess
+        tensor_names = None
+    license_id = None
+    card_data = getattr(info, "card_data", None)
+    if card_data is not None:
+        license_id = getattr(card_data, "license", None)
+    return ParentInfo(ref=ref, source="hub", revision=sha, resolved=True, config=config,
+                      tensor_names=tensor_names, license=license_id, is_base=is_base,
+                      note="resolved on the Hub")
+
+
+def read_lock(recipe: Recipe) -> dict[str, ParentInfo]:
+    """The parents recorded in the recipe's lock file (empty when there is none)."""
+    path = recipe.lock_path
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return {ref: ParentInfo(**entry) for ref, entry in data["parents"].items()}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ParentError(f"{path}: unreadable lock file ({exc}); delete it and run "
+                          f"'publisher lock {recipe.path}'") from None
+
+
+def resolve_parents(recipe: Recipe, *, use_lock: bool = True, online: bool | None = None) -> list[ParentInfo]:
+    """Resolve every parent of `recipe`, base model first.
+
+    Local directories are read directly; Hub parents come from the lock when it has them, else
+    from the Hub when online. Raises `ParentError` naming every parent that cannot be resolved.
+    """
+    if online is None:
+        online = not _offline()
+    recipe_dir = recipe.path.parent.resolve()
+    locked = read_lock(recipe) if use_lock else {}
+    base = recipe.base_model
+    parents: list[ParentInfo] = []
+    missing: list[str] = []
+    for ref in recipe.model_refs():
+        is_base = ref == base
+        local = _is_local(ref, recipe_dir)
+        if local is not None:
+            parents.append(_resolve_local(ref, local, is_base))
+        elif ref in locked and locked[ref].config is not None:
+            entry = locked[ref]
+            entry.is_base = is_base
+            parents.append(entry)
+        elif "/" not in ref.partition("@")[0] and not online:
+            missing.append(f"'{ref}' is neither a directory (relative to {recipe_dir}) nor locked")
+        elif online:
+            try:
+                parents.append(_resolve_hub(ref, is_base))
+            except Exception as exc:
+                missing.append(f"'{ref}': the Hub lookup failed ({type(exc).__name__}: {exc})")
+        else:
+            missing.append(f"'{ref}' is a Hub repo, this machine is offline and "
+                           f"{recipe.lock_path.name} does not lock it")
+    if missing:
+        raise ParentError("cannot resolve the parents: " + "; ".join(missing) +
+                          f". Run 'publisher lock {recipe.path}' where the Hub is reachable, "
+                          "or point the recipe at local directories.")
+    return parents
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def lock_parents(recipe: Recipe, *, online: bool | None = None) -> list[ParentInfo]:
+    """Resolve each parent afresh where possible, keeping old lock entries that cannot be redone.
+
+    An entry that cannot be resolved (offline, Hub unreachable) stays as the lock had it, or, if
+    the lock had none, is recorded as unresolved with no revision: SHAs are never invented.
+    """
+    if online is None:
+        online = not _offline()
+    recipe_dir = recipe.path.parent.resolve()
+    locked = read_lock(recipe)
+    base = recipe.base_model
+    parents = []
+    for ref in recipe.model_refs():
+        is_base = ref == base
+        local = _is_local(ref, recipe_dir)
+        if local is not None:
+            parents.append(_resolve_local(ref, local, is_base))
+            continue
+        if online:
+            try:
+                parents.append(_resolve_hub(ref, is_base))
+                continue
+            except Exception as exc:
+                reason = f"Hub lookup failed: {type(exc).__name__}: {exc}"
+        else:
+            reason = "offline when locked"
+        if ref in locked:
+            entry = locked[ref]
+            entry.is_base = is_base
+            parents.append(entry)
+        else:
+            parents.append(ParentInfo(ref=ref, source="hub", revision=None, resolved=False,
+                                      config=None, is_base=is_base,
+                                      note=f"unresolved ({reason}); run 'publisher lock' online"))
+    return parents
+
+
+def write_lock(recipe: Recipe, parents: list[ParentInfo]) -> Path:
+    """Write `recipes/<name>.lock.json` for `recipe`."""
+    data = {
+        "lock_version": LOCK_VERSION,
+        "recipe": recipe.path.name,
+        "recipe_sha256": recipe.sha256,
+        "parents": {p.ref: {k: v for k, v in asdict(p).items() if k != "is_base"} for p in parents},
+    }
+    path = recipe.lock_path
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def resolved_config(parent: ParentInfo) -> dict[str, Any]:
+    if parent.config is None:
+        raise ParentError(f"parent '{parent.ref}' has no config.json in the lock; run "
+                          "'publisher lock' where the Hub is reachable")
+    return parent.config
+
+
+__all__ = [
+    "ParentError",
+    "ParentInfo",
+    "lock_parents",
+    "read_lock",
+    "resolve_parents",
+    "write_lock",
+]

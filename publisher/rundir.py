@@ -1,0 +1,77 @@
+"""The run directory: how stages hand work to each other, as files.
+
+    RUN_DIR/
+      recipe.yaml          the recipe, byte for byte
+      recipe.lock.json     its lock, when the recipe has one
+      plan.json            the layer-wise t plan (schedule stage)
+      merged/              weights, config, tokenizer, chat template (merge stage)
+      smoke.json           chat-template smoke test (smoke stage)
+      eval/results.json    lm-eval's full output (eval stage)
+      verify.json          what was checked before publishing (verify stage)
+      README.md            the model card (card stage)
+      schedule.png         the schedule picture the card shows
+      manifest.json        per-stage status, timings, input hashes, tool versions, hardware
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+CARD_NAME = "README.md"
+IMAGE_NAME = "schedule.png"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths inside one run directory."""
+
+    root: Path
+
+    @property
+    def recipe(self) -> Path:
+        return self.root / "recipe.yaml"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / "recipe.lock.json"
+
+    @property
+    def plan(self) -> Path:
+        return self.root / "plan.json"
+
+    @property
+    def merged(self) -> Path:
+        return self.root / "merged"
+
+    @property
+    def smoke(self) -> Path:
+        return self.root / "smoke.json"
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.root / "eval"
+
+    @property
+    def eval_results(self) -> Path:
+        return self.eval_dir / "results.json"
+
+    @property
+    def verify(self) -> Path:
+        return self.root / "verify.json"
+
+    @property
+    def card(self) -> Path:
+        return self.root / CARD_NAME
+
+    @property
+    def image(self) -> Path:
+        return self.root / IMAGE_NAME
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+    def ensure(self) -> RunDir:
+        self.root.mkdir(parents=True, exist_ok=True)
+        return self

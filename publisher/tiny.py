@@ -1,0 +1,158 @@
+"""Tiny, deterministic Mistral-architecture parents for the demo and the tests.
+
+Two random-weight `MistralForCausalLM`s that share one BPE tokenizer (trained here with
+`tokenizers` on a small built-in text) and a chat template. Every tensor differs between the two
+parents, norms included, so a merge of them shows the interpolation factor in every tensor.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+TINY_PARENT_NAMES = ("tiny-base", "tiny-other")
+
+TINY_LICENSE = "apache-2.0"
+
+# A ChatML-style template: supports a system message, renders user/assistant turns, and adds the
+# assistant header when asked for a generation prompt.
+TINY_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+_CORPUS = """\
+The merge takes two parent models and blends their weights layer by layer.
+Spherical linear interpolation keeps the norm of each row while it turns one vector toward another.
+A recipe names the parents, the layer ranges and the interpolation factor t for every filter.
+When t is zero the result equals the base model; when t is one it equals the other parent.
+Attention layers and feed forward layers may use different schedules of t across the stack.
+The model card shows the schedule as a table and as a picture so readers see its shape.
+Questions and answers: what is the capital of France? Paris is the capital of France.
+What is two plus two? Two plus two is four. Which colour is the sky on a clear day? Blue.
+Hello! How are you today? I am well, thank you. Please tell me a short story about a cat.
+Once upon a time a small cat found a warm place in the sun and slept there all afternoon.
+"""
+
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
+
+
+@dataclass(frozen=True)
+class TinyModelSpec:
+    """Shape of the tiny parents.
+
+    Attributes:
+        hidden_size: width of the residual stream, e.g. 64.
+        num_hidden_layers: number of decoder layers, e.g. 4.
+        intermediate_size: width of the MLP, e.g. 128.
+        num_attention_heads: query heads, e.g. 4.
+        num_key_value_heads: key/value heads (grouped-query attention), e.g. 2.
+        vocab_size: BPE vocabulary size the tokenizer is trained to, e.g. 384.
+    """
+
+    hidden_size: int = 64
+    num_hidden_layers: int = 4
+    intermediate_size: int = 128
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    vocab_size: int = 384
+
+
+def build_tokenizer(out_dir: Path, vocab_size: int):
+    """Train a byte-level BPE tokenizer on the built-in corpus and save it with the chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_CORPUS.splitlines(), trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<s>",
+        eos_token="<|im_end|>",
+        unk_token="<unk>",
+        pad_token="</s>",
+    )
+    fast.chat_template = TINY_CHAT_TEMPLATE
+    fast.save_pretrained(out_dir)
+    return fast
+
+
+def build_tiny_parent(out_dir: Path, seed: int, spec: TinyModelSpec | None = None) -> Path:
+    """Write one tiny parent (weights, config, tokenizer, chat template, README) to `out_dir`.
+
+    The same `seed` always gives the same bytes. Every parameter, norms included, is drawn at
+    random so that two parents built with different seeds differ in every tensor.
+    """
+    import torch
+    from transformers import GenerationConfig, MistralConfig, MistralForCausalLM
+
+    spec = spec or TinyModelSpec()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(out_dir, spec.vocab_size)
+    vocab_size = len(tokenizer)
+
+    config = MistralConfig(
+        vocab_size=vocab_size,
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_hidden_layers,
+        num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads,
+        max_position_embeddings=512,
+        sliding_window=None,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        dtype="float32",
+    )
+    generator = torch.Generator().manual_seed(seed)
+    model = MistralForCausalLM(config)
+    with torch.no_grad():
+        for name, param in sorted(model.named_parameters()):
+            if name.endswith("norm.weight"):
+                # Around 1 like a trained norm, but different per parent.
+                param.copy_(1.0 + 0.1 * torch.randn(param.shape, generator=generator))
+            else:
+                param.copy_(0.05 * torch.randn(param.shape, generator=generator))
+    model.save_pretrained(out_dir, safe_serialization=True)
+    GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    ).save_pretrained(out_dir)
+    (out_dir / "README.md").write_text(
+        f"---\nlicense: {TINY_LICENSE}\nlibrary_name: transformers\n"
+        f"pipeline_tag: text-generation\ntags:\n- tiny\n- random-weights\n---\n"
+        f"# {out_dir.name}\n\nA tiny random-weight Mistral-architecture model (seed {seed}) "
+        "for testing the publisher pipeline.\n",
+        encoding="utf-8",
+    )
+    return out_dir
+
+
+def build_tiny_parents(root: Path, spec: TinyModelSpec | None = None) -> tuple[Path, Path]:
+    """Build both tiny parents under `root` (skipping any already built) and return their paths."""
+    root = Path(root)
+    paths = []
+    for seed, name in enumerate(TINY_PARENT_NAMES, start=1):
+        path = root / name
+        marker = path / "config.json"
+        if not marker.exists() or json.loads(marker.read_text()).get("num_hidden_layers") != (
+            (spec or TinyModelSpec()).num_hidden_layers
+        ):
+            build_tiny_parent(path, seed=seed, spec=spec)
+        paths.append(path.resolve())
+    return paths[0], paths[1]
