@@ -59,9 +59,8 @@ def _err(text: str) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from publisher.recipe import load_recipe
-
     from publisher import actions
+    from publisher.recipe import load_recipe
 
     failed = 0
     for path in args.files:
@@ -97,9 +96,8 @@ def _load_plan(recipe_path: str):
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from publisher.schedule import plan_contract
-
     from publisher import actions
+    from publisher.schedule import plan_contract
 
     recipe, plan = _load_plan(args.recipe)
     if args.json:
@@ -111,7 +109,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def format_plan_text(recipe, plan) -> str:
-    lines = [f"{recipe.path}: SLERP -> {recipe.repo_id} ({plan.architecture}, {plan.num_layers} layers)"]
+    lines = [
+        f"{recipe.path}: SLERP -> {recipe.repo_id} ({plan.architecture}, {plan.num_layers} layers)"
+    ]
     for parent in plan.parents:
         rev = parent.revision[:12] if parent.revision else "unresolved"
         role = "base (t=0)" if parent.is_base else "other (t=1)"
@@ -133,16 +133,26 @@ def format_plan_markdown(recipe, plan) -> str:
     head = "| layer | " + " | ".join(plan.groups) + " |"
     rule = "|---:|" + "---:|" * len(plan.groups)
     rows = [
-        f"| {row.index} | " + " | ".join(
-            f"{row.groups[g]:.3f}" if g in row.groups else "-" for g in plan.groups
-        ) + " |"
+        f"| {row.index} | "
+        + " | ".join(f"{row.groups[g]:.3f}" if g in row.groups else "-" for g in plan.groups)
+        + " |"
         for row in plan.layers
     ]
     outside = [f"| `{name}` | {t:.3f} |" for name, t in plan.outside.items()]
-    return "\n".join([
-        f"### Plan for `{recipe.path}` → `{recipe.repo_id}`", "",
-        head, rule, *rows, "", "| tensor outside the layer stack | t |", "|---|---:|", *outside, "",
-    ])
+    return "\n".join(
+        [
+            f"### Plan for `{recipe.path}` → `{recipe.repo_id}`",
+            "",
+            head,
+            rule,
+            *rows,
+            "",
+            "| tensor outside the layer stack | t |",
+            "|---|---:|",
+            *outside,
+            "",
+        ]
+    )
 
 
 def cmd_lock(args: argparse.Namespace) -> int:
@@ -158,8 +168,11 @@ def cmd_lock(args: argparse.Namespace) -> int:
     _out(f"wrote {path}")
     unresolved = [p.ref for p in parents if not p.resolved]
     if unresolved:
-        _err("warning: unresolved parents are not pinned: " + ", ".join(unresolved) +
-             "; run 'publisher lock' where the Hub is reachable before publishing")
+        _err(
+            "warning: unresolved parents are not pinned: "
+            + ", ".join(unresolved)
+            + "; run 'publisher lock' where the Hub is reachable before publishing"
+        )
     return EXIT_OK
 
 
@@ -205,20 +218,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("validate", help="check recipes; FILE:LINE:COL messages, exit 1 if any is invalid")
+    p = sub.add_parser(
+        "validate", help="check recipes; FILE:LINE:COL messages, exit 1 if any is invalid"
+    )
     p.add_argument("files", nargs="+", metavar="FILE")
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("plan", help="the layer-wise t of every output tensor, from mergekit's planner")
+    p = sub.add_parser(
+        "plan", help="the layer-wise t of every output tensor, from mergekit's planner"
+    )
     p.add_argument("recipe")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=cmd_plan)
 
-    p = sub.add_parser("lock", help="pin each parent's commit SHA and config.json next to the recipe")
+    p = sub.add_parser(
+        "lock", help="pin each parent's commit SHA and config.json next to the recipe"
+    )
     p.add_argument("recipe")
     p.set_defaults(func=cmd_lock)
 
-    p = sub.add_parser("card", help="render the preview model card (and schedule image) from the plan")
+    p = sub.add_parser(
+        "card", help="render the preview model card (and schedule image) from the plan"
+    )
     p.add_argument("recipe")
     p.add_argument("--out", required=True, help="directory for README.md and schedule.png")
     p.add_argument("--templates", help="templates directory to use instead of templates/")

@@ -56,13 +56,17 @@ def check_parents_compatible(parents: list[ParentInfo], local_dirs: dict[str, Pa
     archs = {ref: tuple(cfg.get("architectures") or ()) for ref, cfg in configs.items()}
     if len(set(archs.values())) > 1:
         listing = ", ".join(f"{ref}: {'/'.join(a) or '?'}" for ref, a in archs.items())
-        raise MergeError(f"the parents have different architectures ({listing}); SLERP needs "
-                         "two models of the same architecture")
+        raise MergeError(
+            f"the parents have different architectures ({listing}); SLERP needs "
+            "two models of the same architecture"
+        )
     vocab = {ref: cfg.get("vocab_size") for ref, cfg in configs.items()}
     if len(set(vocab.values())) > 1:
         listing = ", ".join(f"{ref}: {v}" for ref, v in vocab.items())
-        raise MergeError(f"the parents have different vocabulary sizes ({listing}); merge "
-                         "parents that share a tokenizer")
+        raise MergeError(
+            f"the parents have different vocabulary sizes ({listing}); merge "
+            "parents that share a tokenizer"
+        )
     hidden = {ref: cfg.get("hidden_size") for ref, cfg in configs.items()}
     if len(set(hidden.values())) > 1:
         listing = ", ".join(f"{ref}: {v}" for ref, v in hidden.items())
@@ -89,8 +93,10 @@ def run_merge_stage(
     for parent in parents:
         path = local_dirs.get(parent.ref)
         if path is None or not (Path(path) / "config.json").exists():
-            raise MergeError(f"parent '{parent.ref}' is missing: no model directory at "
-                             f"{path or '(not downloaded)'}")
+            raise MergeError(
+                f"parent '{parent.ref}' is missing: no model directory at "
+                f"{path or '(not downloaded)'}"
+            )
     check_parents_compatible(parents, local_dirs)
     mapping = {ref: str(Path(p).resolve()) for ref, p in local_dirs.items()}
     merge = rewrite_model_refs(recipe.merge, mapping)
@@ -128,4 +134,6 @@ def _parse_size(value: str | int) -> int:
     try:
         return parse_kmb(value)
     except ValueError:
-        raise MergeError(f"out_shard_size '{value}' is not a size like 5B, 500M or 1000000") from None
+        raise MergeError(
+            f"out_shard_size '{value}' is not a size like 5B, 500M or 1000000"
+        ) from None

@@ -75,8 +75,10 @@ def local_revision(path: Path) -> str:
     """A content hash of a local parent: its config and weight files, by name and bytes."""
     digest = hashlib.sha256()
     for file in sorted(path.iterdir()):
-        if file.name == "config.json" or file.suffix in (".safetensors", ".bin") or file.name.endswith(
-            ".index.json"
+        if (
+            file.name == "config.json"
+            or file.suffix in (".safetensors", ".bin")
+            or file.name.endswith(".index.json")
         ):
             digest.update(file.name.encode())
             with file.open("rb") as fh:
@@ -113,8 +115,10 @@ def _card_license(readme: Path) -> str | None:
 def _resolve_local(ref: str, path: Path, is_base: bool) -> ParentInfo:
     config_file = path / "config.json"
     if not config_file.exists():
-        raise ParentError(f"parent '{ref}' ({path}) has no config.json; point the recipe at a "
-                          "model directory saved with save_pretrained")
+        raise ParentError(
+            f"parent '{ref}' ({path}) has no config.json; point the recipe at a "
+            "model directory saved with save_pretrained"
+        )
     return ParentInfo(
         ref=ref,
         source="local",
@@ -149,9 +153,17 @@ def _resolve_hub(ref: str, is_base: bool, revision: str | None = None) -> Parent
     card_data = getattr(info, "card_data", None)
     if card_data is not None:
         license_id = getattr(card_data, "license", None)
-    return ParentInfo(ref=ref, source="hub", revision=sha, resolved=True, config=config,
-                      tensor_names=tensor_names, license=license_id, is_base=is_base,
-                      note="resolved on the Hub")
+    return ParentInfo(
+        ref=ref,
+        source="hub",
+        revision=sha,
+        resolved=True,
+        config=config,
+        tensor_names=tensor_names,
+        license=license_id,
+        is_base=is_base,
+        note="resolved on the Hub",
+    )
 
 
 def read_lock(recipe: Recipe) -> dict[str, ParentInfo]:
@@ -163,11 +175,15 @@ def read_lock(recipe: Recipe) -> dict[str, ParentInfo]:
         data = json.loads(path.read_text(encoding="utf-8"))
         return {ref: ParentInfo(**entry) for ref, entry in data["parents"].items()}
     except (ValueError, KeyError, TypeError) as exc:
-        raise ParentError(f"{path}: unreadable lock file ({exc}); delete it and run "
-                          f"'publisher lock {recipe.path}'") from None
+        raise ParentError(
+            f"{path}: unreadable lock file ({exc}); delete it and run "
+            f"'publisher lock {recipe.path}'"
+        ) from None
 
 
-def resolve_parents(recipe: Recipe, *, use_lock: bool = True, online: bool | None = None) -> list[ParentInfo]:
+def resolve_parents(
+    recipe: Recipe, *, use_lock: bool = True, online: bool | None = None
+) -> list[ParentInfo]:
     """Resolve every parent of `recipe`, base model first.
 
     Local directories are read directly; Hub parents come from the lock when it has them, else
@@ -197,12 +213,17 @@ def resolve_parents(recipe: Recipe, *, use_lock: bool = True, online: bool | Non
             except Exception as exc:
                 missing.append(f"'{ref}': the Hub lookup failed ({type(exc).__name__}: {exc})")
         else:
-            missing.append(f"'{ref}' is a Hub repo, this machine is offline and "
-                           f"{recipe.lock_path.name} does not lock it")
+            missing.append(
+                f"'{ref}' is a Hub repo, this machine is offline and "
+                f"{recipe.lock_path.name} does not lock it"
+            )
     if missing:
-        raise ParentError("cannot resolve the parents: " + "; ".join(missing) +
-                          f". Run 'publisher lock {recipe.path}' where the Hub is reachable, "
-                          "or point the recipe at local directories.")
+        raise ParentError(
+            "cannot resolve the parents: "
+            + "; ".join(missing)
+            + f". Run 'publisher lock {recipe.path}' where the Hub is reachable, "
+            "or point the recipe at local directories."
+        )
     return parents
 
 
@@ -243,9 +264,17 @@ def lock_parents(recipe: Recipe, *, online: bool | None = None) -> list[ParentIn
             entry.is_base = is_base
             parents.append(entry)
         else:
-            parents.append(ParentInfo(ref=ref, source="hub", revision=None, resolved=False,
-                                      config=None, is_base=is_base,
-                                      note=f"unresolved ({reason}); run 'publisher lock' online"))
+            parents.append(
+                ParentInfo(
+                    ref=ref,
+                    source="hub",
+                    revision=None,
+                    resolved=False,
+                    config=None,
+                    is_base=is_base,
+                    note=f"unresolved ({reason}); run 'publisher lock' online",
+                )
+            )
     return parents
 
 
@@ -264,8 +293,10 @@ def write_lock(recipe: Recipe, parents: list[ParentInfo]) -> Path:
 
 def resolved_config(parent: ParentInfo) -> dict[str, Any]:
     if parent.config is None:
-        raise ParentError(f"parent '{parent.ref}' has no config.json in the lock; run "
-                          "'publisher lock' where the Hub is reachable")
+        raise ParentError(
+            f"parent '{parent.ref}' has no config.json in the lock; run "
+            "'publisher lock' where the Hub is reachable"
+        )
     return parent.config
 
 

@@ -194,9 +194,12 @@ class _Locator:
                     continue  # pydantic inserts union member names into locations: skip them
                 is_last = index == len(path) - 1
                 node = match[0] if (key and is_last) else match[1]
-            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
-                if 0 <= part < len(node.value):
-                    node = node.value[part]
+            elif (
+                isinstance(node, yaml.SequenceNode)
+                and isinstance(part, int)
+                and 0 <= part < len(node.value)
+            ):
+                node = node.value[part]
             # other parts (type names in union errors) do not move the cursor
         return node
 
@@ -232,11 +235,15 @@ def load_recipe(path: str | Path) -> Recipe:
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise RecipeError([Problem(file, 1, 1, f"cannot read recipe: {exc.strerror or exc}")]) from None
+        raise RecipeError(
+            [Problem(file, 1, 1, f"cannot read recipe: {exc.strerror or exc}")]
+        ) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise RecipeError([Problem(file, 1, 1, f"recipe is not UTF-8 text ({exc.reason})")]) from None
+        raise RecipeError(
+            [Problem(file, 1, 1, f"recipe is not UTF-8 text ({exc.reason})")]
+        ) from None
     if not text.strip():
         raise RecipeError(
             [Problem(file, 1, 1, "recipe is empty; write a mergekit SLERP config (see recipes/)")]
@@ -255,8 +262,13 @@ def load_recipe(path: str | Path) -> Recipe:
     if not isinstance(data, dict):
         kind = type(data).__name__ if data is not None else "nothing"
         raise RecipeError(
-            [loc.problem((), f"a recipe must be a mapping at the top (found {kind}); "
-                         "start with keys like 'merge_method:' and 'slices:'")]
+            [
+                loc.problem(
+                    (),
+                    f"a recipe must be a mapping at the top (found {kind}); "
+                    "start with keys like 'merge_method:' and 'slices:'",
+                )
+            ]
         )
     problems: list[Problem] = []
     merge = {k: v for k, v in data.items() if k != PUBLISH_KEY}
@@ -295,8 +307,12 @@ def validate_files(paths: list[str | Path]) -> list[Problem]:
 
 def _validate_publish(raw: Any, loc: _Locator, problems: list[Problem]) -> PublishSettings:
     if not isinstance(raw, dict):
-        problems.append(loc.problem((PUBLISH_KEY,), "'publish' must be a mapping of settings "
-                                    "(repo_id, license, tags, ...)"))
+        problems.append(
+            loc.problem(
+                (PUBLISH_KEY,),
+                "'publish' must be a mapping of settings (repo_id, license, tags, ...)",
+            )
+        )
         return PublishSettings()
     try:
         publish = PublishSettings.model_validate(raw)
@@ -308,31 +324,56 @@ def _validate_publish(raw: Any, loc: _Locator, problems: list[Problem]) -> Publi
                 word = str(err["loc"][-1])
                 hint = _closest(word, _known_keys(owner)) if owner else ""
                 known = ", ".join(_known_keys(owner)) if owner else ""
-                problems.append(loc.problem(where, f"unknown key '{word}' in publish settings."
-                                            f"{hint or ' Known keys: ' + known}", key=True))
+                problems.append(
+                    loc.problem(
+                        where,
+                        f"unknown key '{word}' in publish settings."
+                        f"{hint or ' Known keys: ' + known}",
+                        key=True,
+                    )
+                )
             else:
                 dotted = ".".join(str(p) for p in where)
                 problems.append(loc.problem(where, f"{dotted}: {err['msg']}"))
         return PublishSettings()
     if publish.repo_id is not None and not REPO_ID_RE.match(publish.repo_id):
-        problems.append(loc.problem((PUBLISH_KEY, "repo_id"),
-                                    f"'{publish.repo_id}' is not a valid Hub repo id; use "
-                                    "'namespace/name' with letters, digits, '-', '_' and '.'"))
+        problems.append(
+            loc.problem(
+                (PUBLISH_KEY, "repo_id"),
+                f"'{publish.repo_id}' is not a valid Hub repo id; use "
+                "'namespace/name' with letters, digits, '-', '_' and '.'",
+            )
+        )
     if publish.repo_id is not None and (".." in publish.repo_id or "--" in publish.repo_id):
-        problems.append(loc.problem((PUBLISH_KEY, "repo_id"),
-                                    f"'{publish.repo_id}' is not a valid Hub repo id: "
-                                    "'--' and '..' are not allowed"))
+        problems.append(
+            loc.problem(
+                (PUBLISH_KEY, "repo_id"),
+                f"'{publish.repo_id}' is not a valid Hub repo id: '--' and '..' are not allowed",
+            )
+        )
     if publish.license is not None and publish.license not in HUB_LICENSES:
         hint = _closest(publish.license, sorted(HUB_LICENSES))
-        problems.append(loc.problem((PUBLISH_KEY, "license"),
-                                    f"'{publish.license}' is not a Hub license id.{hint or ' Use an id such as apache-2.0, mit or other.'}"))
+        problems.append(
+            loc.problem(
+                (PUBLISH_KEY, "license"),
+                f"'{publish.license}' is not a Hub license id.{hint or ' Use an id such as apache-2.0, mit or other.'}",
+            )
+        )
     if publish.eval.suite is not None and publish.eval.suite not in EVAL_SUITES:
         hint = _closest(publish.eval.suite, list(EVAL_SUITES))
-        problems.append(loc.problem((PUBLISH_KEY, "eval", "suite"),
-                                    f"unknown eval suite '{publish.eval.suite}'.{hint or ' Known suites: ' + ', '.join(EVAL_SUITES)}"))
+        problems.append(
+            loc.problem(
+                (PUBLISH_KEY, "eval", "suite"),
+                f"unknown eval suite '{publish.eval.suite}'.{hint or ' Known suites: ' + ', '.join(EVAL_SUITES)}",
+            )
+        )
     if not publish.smoke.prompts:
-        problems.append(loc.problem((PUBLISH_KEY, "smoke", "prompts"),
-                                    "smoke.prompts is empty; give at least one prompt or remove the key"))
+        problems.append(
+            loc.problem(
+                (PUBLISH_KEY, "smoke", "prompts"),
+                "smoke.prompts is empty; give at least one prompt or remove the key",
+            )
+        )
     return publish
 
 
@@ -363,8 +404,9 @@ def _first_model(annotation: Any) -> Any:
     return None
 
 
-def _check_unknown_keys(value: Any, model: Any, path: tuple[Any, ...], loc: _Locator,
-                        problems: list[Problem]) -> None:
+def _check_unknown_keys(
+    value: Any, model: Any, path: tuple[Any, ...], loc: _Locator, problems: list[Problem]
+) -> None:
     """Walk the mergekit part against mergekit's pydantic models and report keys they ignore."""
     import typing
 
@@ -384,7 +426,13 @@ def _check_unknown_keys(value: Any, model: Any, path: tuple[Any, ...], loc: _Loc
             continue
         if str(key) not in known:
             hint = _closest(str(key), known + ([PUBLISH_KEY] if path == () else []))
-            problems.append(loc.problem((*path, key), f"unknown key '{key}'.{hint or ' Known keys: ' + ', '.join(known)}", key=True))
+            problems.append(
+                loc.problem(
+                    (*path, key),
+                    f"unknown key '{key}'.{hint or ' Known keys: ' + ', '.join(known)}",
+                    key=True,
+                )
+            )
             continue
         annotation = model.model_fields[str(key)].annotation
         for arg in (annotation, *typing.get_args(annotation)):
@@ -401,17 +449,22 @@ def _slerp_parameter_names() -> list[str]:
     return [p.name for p in method.spec.parameters]
 
 
-def _check_parameter_names(params: Any, path: tuple[Any, ...], loc: _Locator,
-                           problems: list[Problem]) -> None:
+def _check_parameter_names(
+    params: Any, path: tuple[Any, ...], loc: _Locator, problems: list[Problem]
+) -> None:
     if not isinstance(params, dict):
         return
     names = _slerp_parameter_names()
     for key in params:
         if key not in names:
             hint = _closest(str(key), names)
-            problems.append(loc.problem((*path, key),
-                                        f"unknown SLERP parameter '{key}'.{hint or ' SLERP takes: ' + ', '.join(names)}",
-                                        key=True))
+            problems.append(
+                loc.problem(
+                    (*path, key),
+                    f"unknown SLERP parameter '{key}'.{hint or ' SLERP takes: ' + ', '.join(names)}",
+                    key=True,
+                )
+            )
 
 
 def _validate_merge(merge: dict[str, Any], loc: _Locator, problems: list[Problem]):
@@ -421,12 +474,21 @@ def _validate_merge(merge: dict[str, Any], loc: _Locator, problems: list[Problem
     _check_unknown_keys(merge, MergeConfiguration, (), loc, problems)
     method = merge.get("merge_method")
     if method is None:
-        problems.append(loc.problem((), "missing 'merge_method'; this service publishes SLERP "
-                                    "merges: add 'merge_method: slerp'"))
+        problems.append(
+            loc.problem(
+                (),
+                "missing 'merge_method'; this service publishes SLERP "
+                "merges: add 'merge_method: slerp'",
+            )
+        )
     elif method != "slerp":
-        problems.append(loc.problem(("merge_method",),
-                                    f"merge_method '{method}' is not supported: this service "
-                                    "publishes SLERP merges only; use 'merge_method: slerp'"))
+        problems.append(
+            loc.problem(
+                ("merge_method",),
+                f"merge_method '{method}' is not supported: this service "
+                "publishes SLERP merges only; use 'merge_method: slerp'",
+            )
+        )
     if len(problems) > before:
         return None
     try:
@@ -435,29 +497,51 @@ def _validate_merge(merge: dict[str, Any], loc: _Locator, problems: list[Problem
         for err in exc.errors():
             where = tuple(err["loc"])
             dotted = ".".join(str(p) for p in where) or "config"
-            problems.append(loc.problem(where, f"{dotted}: {err['msg']} (mergekit's config schema)"))
+            problems.append(
+                loc.problem(where, f"{dotted}: {err['msg']} (mergekit's config schema)")
+            )
     except (RuntimeError, ValueError, TypeError) as exc:
         problems.append(loc.problem((), f"mergekit rejects this config: {exc}"))
     return None
 
 
-def _validate_slerp_rules(config, merge: dict[str, Any], loc: _Locator,
-                          problems: list[Problem]) -> None:
+def _validate_slerp_rules(
+    config, merge: dict[str, Any], loc: _Locator, problems: list[Problem]
+) -> None:
     from mergekit.config import ConditionalParameter
 
     base = config.base_model
     if base is None:
-        problems.append(loc.problem((), "missing 'base_model'; SLERP needs it (t=0 gives the base "
-                                    "model): add 'base_model: <one of the two parents>'"))
+        problems.append(
+            loc.problem(
+                (),
+                "missing 'base_model'; SLERP needs it (t=0 gives the base "
+                "model): add 'base_model: <one of the two parents>'",
+            )
+        )
     if config.modules:
-        problems.append(loc.problem(("modules",), "'modules:' is not supported by this service; "
-                                    "use 'slices:' or 'models:'"))
+        problems.append(
+            loc.problem(
+                ("modules",),
+                "'modules:' is not supported by this service; use 'slices:' or 'models:'",
+            )
+        )
         return
     if config.dtype is not None and config.dtype not in KNOWN_DTYPES:
         hint = _closest(config.dtype, list(KNOWN_DTYPES))
-        problems.append(loc.problem(("dtype",), f"unknown dtype '{config.dtype}'.{hint or ' Use one of: ' + ', '.join(KNOWN_DTYPES)}"))
+        problems.append(
+            loc.problem(
+                ("dtype",),
+                f"unknown dtype '{config.dtype}'.{hint or ' Use one of: ' + ', '.join(KNOWN_DTYPES)}",
+            )
+        )
     if config.out_dtype is not None and config.out_dtype not in KNOWN_DTYPES:
-        problems.append(loc.problem(("out_dtype",), f"unknown out_dtype '{config.out_dtype}'; use one of: {', '.join(KNOWN_DTYPES)}"))
+        problems.append(
+            loc.problem(
+                ("out_dtype",),
+                f"unknown out_dtype '{config.out_dtype}'; use one of: {', '.join(KNOWN_DTYPES)}",
+            )
+        )
 
     t_found = False
     scopes: list[tuple[tuple[Any, ...], Any]] = []
@@ -465,50 +549,94 @@ def _validate_slerp_rules(config, merge: dict[str, Any], loc: _Locator,
         scopes.append((("parameters", "t"), config.parameters["t"]))
     if config.models:
         if len(config.models) != 2:
-            problems.append(loc.problem(("models",), f"SLERP takes exactly two models, found "
-                                        f"{len(config.models)}; list the base and one other"))
+            problems.append(
+                loc.problem(
+                    ("models",),
+                    f"SLERP takes exactly two models, found "
+                    f"{len(config.models)}; list the base and one other",
+                )
+            )
         elif base is not None and base not in [m.model for m in config.models]:
-            problems.append(loc.problem(("base_model",), f"base_model '{base}' is not one of the "
-                                        "two models; set it to one of them"))
+            problems.append(
+                loc.problem(
+                    ("base_model",),
+                    f"base_model '{base}' is not one of the two models; set it to one of them",
+                )
+            )
         for i, m in enumerate(config.models):
             if m.parameters and "t" in m.parameters:
                 scopes.append((("models", i, "parameters", "t"), m.parameters["t"]))
     for si, out_slice in enumerate(config.slices or []):
         sources = out_slice.sources
         if len(sources) != 2:
-            problems.append(loc.problem(("slices", si, "sources"), f"slice {si} has {len(sources)} "
-                                        "sources; SLERP needs exactly two (the base and one other)"))
+            problems.append(
+                loc.problem(
+                    ("slices", si, "sources"),
+                    f"slice {si} has {len(sources)} "
+                    "sources; SLERP needs exactly two (the base and one other)",
+                )
+            )
         slice_base = out_slice.base_model or base
         if slice_base is not None and slice_base not in [s.model for s in sources]:
-            problems.append(loc.problem(("slices", si, "sources"), f"slice {si}: base_model "
-                                        f"'{slice_base}' is not among its sources; add it or fix base_model"))
+            where = ("slices", si, "base_model") if out_slice.base_model else ("base_model",)
+            problems.append(
+                loc.problem(
+                    where,
+                    f"slice {si}: base_model "
+                    f"'{slice_base}' is not among its sources; add it or fix base_model",
+                )
+            )
         lengths = []
         for ri, src in enumerate(sources):
             start, end = src.layer_range
             if not (0 <= start < end):
-                problems.append(loc.problem(("slices", si, "sources", ri, "layer_range"),
-                                            f"layer_range [{start}, {end}] must be ascending "
-                                            "(start < end) and start at 0 or more"))
+                problems.append(
+                    loc.problem(
+                        ("slices", si, "sources", ri, "layer_range"),
+                        f"layer_range [{start}, {end}] must be ascending "
+                        "(start < end) and start at 0 or more",
+                    )
+                )
             lengths.append(end - start)
             if src.parameters and "t" in src.parameters:
-                scopes.append((("slices", si, "sources", ri, "parameters", "t"), src.parameters["t"]))
+                scopes.append(
+                    (("slices", si, "sources", ri, "parameters", "t"), src.parameters["t"])
+                )
         if len(set(lengths)) > 1:
-            problems.append(loc.problem(("slices", si, "sources"), f"slice {si}: the sources' "
-                                        f"layer ranges cover {lengths} layers; they must cover the same number"))
+            problems.append(
+                loc.problem(
+                    ("slices", si, "sources"),
+                    f"slice {si}: the sources' "
+                    f"layer ranges cover {lengths} layers; they must cover the same number",
+                )
+            )
         if out_slice.parameters and "t" in out_slice.parameters:
             scopes.append((("slices", si, "parameters", "t"), out_slice.parameters["t"]))
     t_found = bool(scopes)
     if not t_found:
-        problems.append(loc.problem((), "no 't' parameter: SLERP needs 'parameters: {t: ...}' "
-                                    "(a number, a list of anchors, or filtered values)"))
+        problems.append(
+            loc.problem(
+                (),
+                "no 't' parameter: SLERP needs 'parameters: {t: ...}' "
+                "(a number, a list of anchors, or filtered values)",
+            )
+        )
     for where, setting in scopes:
         for sub_path, value in _scalar_values(setting, where, ConditionalParameter):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                problems.append(loc.problem(sub_path, f"t value {value!r} is not a number; "
-                                            "use numbers between 0 and 1"))
+                problems.append(
+                    loc.problem(
+                        sub_path, f"t value {value!r} is not a number; use numbers between 0 and 1"
+                    )
+                )
             elif not 0.0 <= float(value) <= 1.0:
-                problems.append(loc.problem(sub_path, f"t value {value} is outside [0, 1]; "
-                                            "0 keeps the base model, 1 takes the other parent"))
+                problems.append(
+                    loc.problem(
+                        sub_path,
+                        f"t value {value} is outside [0, 1]; "
+                        "0 keeps the base model, 1 takes the other parent",
+                    )
+                )
 
 
 def _scalar_values(setting: Any, where: tuple[Any, ...], conditional: type):

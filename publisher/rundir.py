@@ -1,16 +1,16 @@
 """The run directory: how stages hand work to each other, as files.
 
-    RUN_DIR/
-      recipe.yaml          the recipe, byte for byte
-      recipe.lock.json     its lock, when the recipe has one
-      plan.json            the layer-wise t plan (schedule stage)
-      merged/              weights, config, tokenizer, chat template (merge stage)
-      smoke.json           chat-template smoke test (smoke stage)
-      eval/results.json    lm-eval's full output (eval stage)
-      verify.json          what was checked before publishing (verify stage)
-      README.md            the model card (card stage)
-      schedule.png         the schedule picture the card shows
-      manifest.json        per-stage status, timings, input hashes, tool versions, hardware
+RUN_DIR/
+  recipe.yaml          the recipe, byte for byte
+  recipe.lock.json     its lock, when the recipe has one
+  plan.json            the layer-wise t plan (schedule stage)
+  merged/              weights, config, tokenizer, chat template (merge stage)
+  smoke.json           chat-template smoke test (smoke stage)
+  eval/results.json    lm-eval's full output (eval stage)
+  verify.json          what was checked before publishing (verify stage)
+  README.md            the model card (card stage)
+  schedule.png         the schedule picture the card shows
+  manifest.json        per-stage status, timings, input hashes, tool versions, hardware
 """
 
 from __future__ import annotations

@@ -108,8 +108,10 @@ def materialize_parents(parents: list[ParentInfo], workdir: Path) -> dict[str, s
             hf_config = AutoConfig.from_pretrained(stub)
             arch = arch_info_for_config(hf_config)
             if arch is None:
-                raise ParentError(f"parent '{parent.ref}': mergekit knows no architecture for "
-                                  f"{config.get('architectures')}")
+                raise ParentError(
+                    f"parent '{parent.ref}': mergekit knows no architecture for "
+                    f"{config.get('architectures')}"
+                )
             names = [w.name for w in arch.all_weights(hf_config)]
         weight_map = {name: "model.safetensors" for name in names}
         (stub / "model.safetensors.index.json").write_text(
@@ -195,13 +197,15 @@ def build_plan(recipe: Recipe, parents: list[ParentInfo], workdir: Path | None =
                 source_layers = {str(s.model): s.layer_range[0] + offset for s in sources}
             else:
                 source_layers = {str(m.model): index for m in original.models or []}
-            layers.append(LayerRow(
-                index=index,
-                groups=_group_values(layer_tensors, group_filters),
-                tensors=layer_tensors,
-                slice_index=slice_index,
-                source_layers=source_layers,
-            ))
+            layers.append(
+                LayerRow(
+                    index=index,
+                    groups=_group_values(layer_tensors, group_filters),
+                    tensors=layer_tensors,
+                    slice_index=slice_index,
+                    source_layers=source_layers,
+                )
+            )
     outside = {n: t for n, t in tensors.items() if n not in in_layers}
     used_groups = [g for g in groups if any(g in row.groups for row in layers)]
     base = recipe.base_model
@@ -212,8 +216,11 @@ def build_plan(recipe: Recipe, parents: list[ParentInfo], workdir: Path | None =
         outside=outside,
         base_model=base,
         parents=parents,
-        architecture=(arch_info.name() if hasattr(arch_info, "name") else str(
-            resolved_config(parents[0]).get("architectures", ["?"])[0])),
+        architecture=(
+            arch_info.name()
+            if hasattr(arch_info, "name")
+            else str(resolved_config(parents[0]).get("architectures", ["?"])[0])
+        ),
         num_layers=len(layers),
         mergekit_version=getattr(mergekit, "__version__", None) or _dist_version("mergekit"),
         recipe_sha256=recipe.sha256,

@@ -200,10 +200,18 @@ def verify_weights(
         base_name = other_name = name
         if row is not None and row.source_layers:
             # The parents' layer index can differ from the output's (slices of other ranges).
-            base_name = name.replace(f"layers.{row.index}.", f"layers.{row.source_layers[base_ref]}.", 1)
-            other_name = name.replace(f"layers.{row.index}.", f"layers.{row.source_layers[other_ref]}.", 1)
-        t, residual, used = recover_t(merged.get(name, rows), base.get(base_name, rows),
-                                      other.get(other_name, rows), whole=rows is None)
+            base_name = name.replace(
+                f"layers.{row.index}.", f"layers.{row.source_layers[base_ref]}.", 1
+            )
+            other_name = name.replace(
+                f"layers.{row.index}.", f"layers.{row.source_layers[other_ref]}.", 1
+            )
+        t, residual, used = recover_t(
+            merged.get(name, rows),
+            base.get(base_name, rows),
+            other.get(other_name, rows),
+            whole=rows is None,
+        )
         planned = plan.tensors[name]
         ok = not math.isnan(t) and abs(t - planned) <= tolerance and residual <= tolerance
         checks.append(TensorCheck(name, planned, t, residual, used, ok))

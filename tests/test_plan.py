@@ -1,0 +1,189 @@
+"""The plan is the t mergekit really uses: merge the tiny parents in float32, recover t from the
+merged tensors themselves, and compare with `publisher plan --json`, tensor by tensor."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from publisher.cli import main
+from publisher.merge import run_merge_stage
+from publisher.parents import resolve_parents
+from publisher.recipe import load_recipe
+from publisher.schedule import build_plan
+from publisher.verify import verify_weights
+
+HEADER = """\
+merge_method: slerp
+base_model: {base}
+dtype: float32
+"""
+
+RECIPES = {
+    "gradients-and-filters": """\
+slices:
+  - sources:
+      - model: {base}
+        layer_range: [0, 4]
+      - model: {other}
+        layer_range: [0, 4]
+parameters:
+  t:
+    - filter: self_attn
+      value: [0, 0.5, 0.3, 0.7, 1]
+    - filter: mlp
+      value: [1, 0.5, 0.7, 0.3, 0]
+    - value: 0.5
+""",
+    "q-proj-filter-and-fallback": """\
+slices:
+  - sources:
+      - model: {base}
+        layer_range: [0, 4]
+      - model: {other}
+        layer_range: [0, 4]
+parameters:
+  t:
+    - filter: q_proj
+      value: [0.1, 0.9]
+    - filter: mlp
+      value: 0.8
+    - value: [0.2, 0.4]
+""",
+    "scalar-t": """\
+slices:
+  - sources:
+      - model: {base}
+        layer_range: [0, 4]
+      - model: {other}
+        layer_range: [0, 4]
+parameters:
+  t: 0.3
+""",
+    "several-slices": """\
+slices:
+  - sources:
+      - model: {base}
+        layer_range: [0, 2]
+      - model: {other}
+        layer_range: [0, 2]
+    parameters:
+      t:
+        - filter: self_attn
+          value: [0, 1]
+        - value: 0.25
+  - sources:
+      - model: {base}
+        layer_range: [2, 4]
+      - model: {other}
+        layer_range: [1, 3]
+    parameters:
+      t:
+        - filter: mlp
+          value: [0.9, 0.6]
+        - value: 0.75
+parameters:
+  t: 0.4
+""",
+    "models-syntax": """\
+models:
+  - model: {base}
+  - model: {other}
+parameters:
+  t:
+    - filter: self_attn
+      value: [0, 0.2, 0.8]
+    - value: 0.6
+""",
+}
+
+
+def plan_json(path: Path, capsys: pytest.CaptureFixture[str]) -> dict:
+    assert main(["plan", "--json", str(path)]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_plan_matches_the_t_recovered_from_merged_weights(name, write_recipe, tmp_path, capsys):
+    path = write_recipe(HEADER + RECIPES[name], name=f"{name}.yaml")
+    contract = plan_json(path, capsys)
+    recipe = load_recipe(path)
+    parents = resolve_parents(recipe)
+    merged = run_merge_stage(
+        recipe, parents, {p.ref: Path(p.path) for p in parents}, tmp_path / "merged"
+    )
+
+    plan = build_plan(recipe, parents)
+    assert plan.tensors == contract["tensors"]
+
+    from publisher.verify import SafetensorsDir
+
+    written = set(SafetensorsDir(merged).names())
+    assert written == set(contract["tensors"]), "the plan must list every tensor the merge writes"
+    for name_out in ("model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"):
+        assert name_out in contract["tensors"]
+    checks = verify_weights(plan, merged, {p.ref: Path(p.path) for p in parents})
+    assert len(checks) == len(written)
+    bad = [c for c in checks if not c.ok]
+    assert not bad, bad[:3]
+
+
+def test_plan_json_contract_shape(write_recipe, capsys):
+    contract = plan_json(write_recipe(HEADER + RECIPES["gradients-and-filters"]), capsys)
+    assert contract["groups"] == ["self_attn", "mlp", "default"]
+    assert [row["index"] for row in contract["layers"]] == [0, 1, 2, 3]
+    first, last = contract["layers"][0]["groups"], contract["layers"][-1]["groups"]
+    assert first == {"self_attn": 0.0, "mlp": 1.0, "default": 0.5}
+    assert last == {"self_attn": 1.0, "mlp": 0.0, "default": 0.5}
+    # Interior layers interpolate the anchors at i/(L-1): layer 1 sits at 1/3 of [0,.5,.3,.7,1].
+    assert contract["layers"][1]["groups"]["self_attn"] == pytest.approx(
+        0.5 - (1 / 3 * 4 - 1) * 0.2
+    )
+    assert contract["tensors"]["model.layers.2.mlp.down_proj.weight"] == pytest.approx(
+        contract["layers"][2]["groups"]["mlp"]
+    )
+
+
+def test_several_slices_record_source_layers(write_recipe, capsys):
+    contract = plan_json(write_recipe(HEADER + RECIPES["several-slices"]), capsys)
+    base, other = sorted(
+        contract["layers"][2]["source_layers"].items(), key=lambda kv: "other" in kv[0]
+    )
+    assert base[1] == 2 and other[1] == 1
+    assert [row["slice_index"] for row in contract["layers"]] == [0, 0, 1, 1]
+
+
+def test_seed_recipe_plans_offline_from_its_lock(capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    root = Path(__file__).resolve().parent.parent
+    contract = plan_json(root / "recipes" / "strangemerges-34-7b-slerp.yaml", capsys)
+    assert len(contract["layers"]) == 32
+    attn = [row["groups"]["self_attn"] for row in contract["layers"]]
+    mlp = [row["groups"]["mlp"] for row in contract["layers"]]
+    assert min(attn) == 0 and max(attn) == pytest.approx(0.7)
+    assert min(mlp) == 0 and max(mlp) == pytest.approx(1.0)
+    assert {row["groups"]["default"] for row in contract["layers"]} == {0.5}
+    assert all(p["revision"] is None and not p["resolved"] for p in contract["parents"])
+    assert "lm_head.weight" in contract["tensors"]
+
+
+def test_unresolvable_hub_parent_offline_says_so(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "hub.yaml"
+    path.write_text(
+        HEADER.replace("{base}", "org/base-model")
+        + """\
+slices:
+  - sources:
+      - model: org/base-model
+        layer_range: [0, 2]
+      - model: org/other-model
+        layer_range: [0, 2]
+parameters:
+  t: 0.5
+"""
+    )
+    assert main(["plan", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "org/base-model" in err and "publisher lock" in err and "Traceback" not in err
