@@ -199,6 +199,110 @@ def cmd_tiny(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from publisher import actions
+    from publisher.pipeline import (
+        RunOptions,
+        default_run_dir,
+        parse_stages,
+        run_pipeline,
+        stage_table,
+    )
+    from publisher.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    run_dir = Path(args.out) if args.out else default_run_dir(recipe)
+    stages = parse_stages(args.stages)
+    if args.push and args.stages is None:
+        stages = (*stages, "push")
+    options = RunOptions(
+        device=args.device,
+        stages=stages,
+        force=args.force,
+        eval_suite=args.eval_suite,
+        eval_limit=args.eval_limit,
+        eval_backend=args.eval_backend,
+        templates_dir=Path(args.templates) if args.templates else None,
+        push=args.push,
+        create_pr=args.create_pr,
+        repo_id=args.repo_id,
+        private=args.private,
+    )
+    try:
+        run_pipeline(recipe, run_dir, options, log=_out)
+    finally:
+        manifest = run_dir / "manifest.json"
+        if manifest.exists():
+            actions.write_summary(stage_table(manifest))
+    _report_run(run_dir)
+    return EXIT_OK
+
+
+def _report_run(run_dir: Path) -> None:
+    from publisher import actions
+
+    card = run_dir / "README.md"
+    _out(f"run directory: {run_dir.resolve()}")
+    if card.exists():
+        _out(f"model card:    {card.resolve()}")
+        actions.write_summary(card.read_text(encoding="utf-8"))
+    manifest = run_dir / "manifest.json"
+    push = json.loads(manifest.read_text()).get("push") if manifest.exists() else None
+    if push:
+        _report_push(push)
+
+
+def _report_push(push: dict) -> None:
+    from publisher import actions
+
+    _out(
+        f"published:     {push['repo_url']} @ {push['commit_sha'][:12]}"
+        + ("" if push["changed"] else " (unchanged, no new commit)")
+    )
+    if push.get("pr_url"):
+        _out(f"pull request:  {push['pr_url']}")
+    actions.set_output("repo_url", push["repo_url"])
+    actions.set_output("commit_sha", push["commit_sha"])
+    actions.set_output("pr_url", push.get("pr_url") or "")
+    actions.write_summary(
+        f"Published to [{push['repo_id']}]({push['repo_url']}) at "
+        f"`{push['commit_sha']}`"
+        + (f", pull request {push['pr_url']}" if push.get("pr_url") else "")
+    )
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from publisher.hub import push_run
+
+    run_dir = Path(args.run_dir)
+    manifest = run_dir / "manifest.json"
+    repo_id = args.repo_id or (
+        json.loads(manifest.read_text()).get("repo_id") if manifest.exists() else None
+    )
+    if not repo_id:
+        raise CommandError(
+            f"no repo id: pass --repo-id or push a run directory made by "
+            f"'publisher run' ({manifest} is missing)"
+        )
+    result = push_run(
+        run_dir,
+        repo_id=repo_id,
+        create_pr=args.create_pr,
+        private=args.private,
+        revision=args.revision,
+        log=_out,
+    )
+    _report_push(result.as_dict())
+    return EXIT_OK
+
+
+def cmd_hub_serve(args: argparse.Namespace) -> int:
+    from publisher.hubserver import main_serve
+
+    main_serve(args.host, args.port, Path(args.data))
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from publisher import demo
 
@@ -249,6 +353,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="build/tiny-parents")
     p.set_defaults(func=cmd_tiny)
 
+    p = sub.add_parser("run", help="plan, merge, smoke-test, evaluate, card, verify (and push)")
+    p.add_argument("recipe")
+    p.add_argument("--out", help="run directory (default: runs/<recipe name>)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument(
+        "--stages",
+        help="comma-separated stages to run, e.g. smoke,eval "
+        "(default: plan,merge,smoke,eval,card,verify)",
+    )
+    p.add_argument("--force", action="store_true", help="redo stages whose inputs are unchanged")
+    p.add_argument("--push", action="store_true", help="push to the Hub after verify passed")
+    p.add_argument("--create-pr", action="store_true", help="push as a Hub pull request")
+    p.add_argument("--repo-id", help="Hub repo to push to (default: the recipe's)")
+    p.add_argument("--private", action="store_true", default=None, help="create the repo private")
+    p.add_argument("--eval-suite", help="openllm-v1, leaderboard, nous or tiny")
+    p.add_argument("--eval-limit", type=float, help="samples per task (a partial run)")
+    p.add_argument("--eval-backend", choices=["hf", "vllm"], help="lm-eval backend (vllm: GPU)")
+    p.add_argument("--templates", help="card templates directory")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("push", help="publish a verified run directory in one commit")
+    p.add_argument("run_dir")
+    p.add_argument("--repo-id")
+    p.add_argument("--create-pr", action="store_true")
+    p.add_argument("--private", action="store_true")
+    p.add_argument("--revision", help="branch to commit to (default: main)")
+    p.set_defaults(func=cmd_push)
+
+    p = sub.add_parser("hub", help="the local Hub-compatible server")
+    hub_sub = p.add_subparsers(dest="hub_command", required=True, metavar="HUB_COMMAND")
+    hp = hub_sub.add_parser("serve", help="serve the Hub API for huggingface_hub over HTTP")
+    hp.add_argument("--host", default="127.0.0.1")
+    hp.add_argument("--port", type=int, default=8808)
+    hp.add_argument("--data", default="build/hub-data", help="where repos are stored")
+    hp.set_defaults(func=cmd_hub_serve)
+    _add_common(hp)
+
     p = sub.add_parser("demo", help="the main job on the embedded demo recipe")
     p.add_argument("--out", default="build/demo")
     p.set_defaults(func=cmd_demo)
@@ -270,6 +411,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = args.debug or bool(os.environ.get("PUBLISHER_DEBUG"))
+    if not debug:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     from publisher import actions
 
     try:

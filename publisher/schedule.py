@@ -269,7 +269,7 @@ def t_filters(merge: dict[str, Any]) -> list[str]:
     return found
 
 
-def _group_of(name: str, filters: list[str]) -> str:
+def group_of(name: str, filters: list[str]) -> str:
     # Label a tensor by the first recipe filter its name contains (the table's columns).
     for f in filters:
         if f in name:
@@ -280,7 +280,7 @@ def _group_of(name: str, filters: list[str]) -> str:
 def _group_values(layer_tensors: dict[str, float], filters: list[str]) -> dict[str, float]:
     values: dict[str, list[float]] = {}
     for name, t in layer_tensors.items():
-        values.setdefault(_group_of(name, filters), []).append(t)
+        values.setdefault(group_of(name, filters), []).append(t)
     # Within one group mergekit gives every tensor the same t unless per-source settings
     # differ; show the mean then (each tensor's exact t is in `tensors`).
     ordered = [*filters, DEFAULT_GROUP]

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from publisher.schedule import Plan, _group_of, t_filters  # noqa: F401 (t_filters re-exported)
+from publisher.schedule import Plan, group_of
 
 FULL_CHECK_MAX_PARAMS = 1_000_000_000
 SAMPLE_ROWS = 256
@@ -136,27 +137,22 @@ class SafetensorsDir:
         return list(self.where)
 
     def get(self, name: str, rows: int | None = None):
-        file = self.where[name]
-        if file not in self._files:
-            self._files[file] = self._open(str(self.path / file), framework="pt")
-        handle = self._files[file]
+        handle = self._handle(name)
         if rows is None:
             return handle.get_tensor(name)
         return handle.get_slice(name)[:rows]
 
     def num_params(self) -> int:
-        total = 0
-        for name in self.where:
-            shape = self._files.get(self.where[name]) or None
-            del shape
-            total += math.prod(self.get_shape(name))
-        return total
+        return sum(math.prod(self.get_shape(name)) for name in self.where)
 
-    def get_shape(self, name: str) -> list[int]:
+    def _handle(self, name: str) -> Any:
         file = self.where[name]
         if file not in self._files:
             self._files[file] = self._open(str(self.path / file), framework="pt")
-        return list(self._files[file].get_slice(name).get_shape())
+        return self._files[file]
+
+    def get_shape(self, name: str) -> list[int]:
+        return list(self._handle(name).get_slice(name).get_shape())
 
 
 def sample_tensor_names(plan: Plan) -> list[str]:
@@ -165,7 +161,7 @@ def sample_tensor_names(plan: Plan) -> list[str]:
     for row in plan.layers:
         seen: set[str] = set()
         for name in row.tensors:
-            group = _group_of(name, [g for g in plan.groups if g != "default"])
+            group = group_of(name, [g for g in plan.groups if g != "default"])
             if group not in seen:
                 seen.add(group)
                 names.append(name)
@@ -216,3 +212,118 @@ def verify_weights(
         ok = not math.isnan(t) and abs(t - planned) <= tolerance and residual <= tolerance
         checks.append(TensorCheck(name, planned, t, residual, used, ok))
     return checks
+
+
+# ---------------------------------------------------------------------------------------------
+# the card against its sources
+
+_LAYER_ROW = re.compile(r"^\|\s*(\d+)\s*\|(.*)$")
+_THREE_DECIMALS = re.compile(r"(?<![\d.])(\d+\.\d{3})(?!\d)")
+
+
+def check_card(
+    card_text: str, plan: Plan, smoke: Any | None, results: dict | None, suite: str | None
+) -> list[dict[str, Any]]:
+    """Compare every number the card shows with the file it came from.
+
+    Returns one check record per item: `{"what", "expected", "found", "ok"}`.
+    """
+    from huggingface_hub import ModelCard
+
+    checks: list[dict[str, Any]] = []
+
+    def add(what: str, expected: Any, found: Any) -> None:
+        checks.append({"what": what, "expected": expected, "found": found, "ok": expected == found})
+
+    # The layer table: each layer's row shows its groups' t, 3 decimals, in plan.groups order.
+    rows: dict[int, list[str]] = {}
+    for line in card_text.splitlines():
+        match = _LAYER_ROW.match(line.strip())
+        if match and int(match.group(1)) not in rows:
+            rows[int(match.group(1))] = _THREE_DECIMALS.findall(match.group(2))
+    for layer in plan.layers:
+        expected = [f"{layer.groups[g]:.3f}" for g in plan.groups if g in layer.groups]
+        found = rows.get(layer.index, [])[: len(expected)]
+        add(f"t table, layer {layer.index}", expected, found)
+    for name, t in plan.outside.items():
+        line = next((ln for ln in card_text.splitlines() if name in ln and "|" in ln), "")
+        found_values = _THREE_DECIMALS.findall(line)
+        add(f"t of {name}", f"{t:.3f}", found_values[0] if found_values else None)
+
+    # Smoke transcripts: every reply the card shows is the one smoke.json recorded.
+    if smoke is not None:
+        for number, transcript in enumerate(smoke.transcripts, start=1):
+            add(f"smoke reply {number}", True, transcript.reply in card_text)
+
+    # Evaluation: the model-index numbers equal lm-eval's output, exactly.
+    card = ModelCard(card_text)
+    card_results = list(card.data.eval_results or [])
+    if results is None:
+        add("no evaluation claimed without results", [], [r.metric_value for r in card_results])
+    else:
+        from publisher.evaluate import summarize
+
+        summary = summarize(results, suite)
+        raw = results.get("results", {})
+        for row in summary.rows:
+            source = raw.get(row.task, {}).get(f"{row.metric},{row.filter}")
+            add(f"eval {row.task} {row.metric} (summary vs results.json)", source, row.value)
+        expected = sorted(round(float(r.value), 12) for r in summary.rows)
+        found = sorted(round(float(r.metric_value), 12) for r in card_results)
+        add("model-index values vs results.json", expected, found)
+    return checks
+
+
+def verify_run(
+    run: Any,
+    parent_dirs: dict[str, Path],
+    dtype: str = "float32",
+    expect_smoke: bool = True,
+    expect_eval: bool = True,
+    sample: bool | None = None,
+) -> VerifyReport:
+    """Check a run directory before publishing: weights against the plan, card against reports."""
+    from publisher.smoke import SmokeReport
+
+    plan = Plan.read(run.plan)
+    checks = verify_weights(plan, run.merged, parent_dirs, dtype=dtype, sample=sample)
+    failures = [
+        f"{c.name}: planned t={c.planned:.4f}, the weights say {c.recovered:.4f} "
+        f"(residual {c.residual:.2g})"
+        for c in checks
+        if not c.ok
+    ]
+    card_checks: list[dict[str, Any]] = []
+    if not run.card.exists():
+        failures.append(f"{run.card} is missing")
+    else:
+        smoke = SmokeReport.read(run.smoke) if expect_smoke and run.smoke.exists() else None
+        results = (
+            json.loads(run.eval_results.read_text(encoding="utf-8"))
+            if expect_eval and run.eval_results.exists()
+            else None
+        )
+        suite = None
+        manifest = run.manifest
+        if manifest.exists():
+            suite = (json.loads(manifest.read_text()).get("options") or {}).get("eval_suite")
+        if suite is None and run.recipe.exists():
+            import yaml
+
+            publish = (yaml.safe_load(run.recipe.read_text()) or {}).get("publish") or {}
+            suite = (publish.get("eval") or {}).get("suite")
+        card_checks = check_card(run.card.read_text(encoding="utf-8"), plan, smoke, results, suite)
+        failures += [
+            f"card: {c['what']}: expected {c['expected']}, found {c['found']}"
+            for c in card_checks
+            if not c["ok"]
+        ]
+    sampled = bool(checks) and len(checks) < len(plan.tensors)
+    return VerifyReport(
+        passed=not failures,
+        tolerance=TOLERANCE.get(dtype, 1e-3),
+        sampled=sampled,
+        tensors=checks,
+        card_checks=card_checks,
+        failures=failures,
+    )

@@ -1,0 +1,421 @@
+"""The Hub stage: parents down at their pinned commits, the run up in one commit.
+
+`push_run` publishes a verified run directory with huggingface_hub's `HfApi`: it creates the repo
+if needed, compares what is there with what would be sent (LFS files by sha256, others by git
+blob id), and, when anything differs, uploads the missing LFS objects and makes **one** commit
+holding weights, tokenizer, card, schedule image, reports, recipe, lock and manifest. The commit
+passes `parent_commit`, so it never overwrites a commit it has not seen; `create_pr` opens a Hub
+pull request instead and leaves `main` untouched. Calls that are safe to repeat are retried with
+backoff on 429, 5xx and dropped connections. The token comes from huggingface_hub (`HF_TOKEN`,
+the saved login, or the Trusted Publishers exchange when `HF_OIDC_RESOURCE` is set) and is never
+printed or written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from publisher.parents import ParentInfo
+from publisher.recipe import Recipe
+from publisher.rundir import RunDir
+
+T = TypeVar("T")
+
+RETRY_STATUS = {429, 500, 502, 503, 504}
+RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)
+PARENT_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.jinja", "*.txt", "*.tiktoken"]
+PICKLE_PATTERNS = ["*.bin", "*.pt", "*.pth", "*.ckpt"]
+# Run-directory reports travel in the repo under this folder (provenance for readers).
+REPORTS_DIR = "publisher"
+
+
+class HubError(Exception):
+    """A Hub operation failed; the message says what happened and what to do."""
+
+
+@dataclass
+class PushResult:
+    """What a push did.
+
+    Attributes:
+        repo_id: e.g. `"someone/my-merge"`.
+        repo_url: e.g. `"https://huggingface.co/someone/my-merge"`.
+        commit_sha: the commit holding the run (the existing one when nothing changed).
+        pr_url: the Hub pull request, when one was opened.
+        changed: whether a new commit was made.
+        files: number of files in the commit.
+        uploaded_lfs_files: LFS files whose bytes were sent.
+    """
+
+    repo_id: str
+    repo_url: str
+    commit_sha: str
+    pr_url: str | None
+    changed: bool
+    files: int
+    uploaded_lfs_files: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# retries
+
+
+def _status_of(exc: BaseException) -> int | None:
+    response = getattr(exc, "response", None)
+    return getattr(response, "status_code", None)
+
+
+def _is_transient(exc: BaseException) -> bool:
+    status = _status_of(exc)
+    if status is not None:
+        return status in RETRY_STATUS
+    name = type(exc).__name__
+    transient_names = (
+        "ConnectionError",
+        "ConnectError",
+        "RemoteProtocolError",
+        "ReadError",
+        "ReadTimeout",
+        "ConnectTimeout",
+        "Timeout",
+        "ProtocolError",
+        "ChunkedEncodingError",
+        "WriteError",
+    )
+    if isinstance(exc, (ConnectionError, TimeoutError)) or name in transient_names:
+        return True
+    cause = exc.__cause__ or exc.__context__
+    return cause is not None and cause is not exc and _is_transient(cause)
+
+
+def with_retries(
+    what: str,
+    call: Callable[[], T],
+    log: Callable[[str], None] = print,
+    delays: tuple[float, ...] = RETRY_DELAYS,
+) -> T:
+    """Run `call`, retrying transient failures (429, 5xx, dropped connections) with backoff.
+
+    Only for calls that are safe to repeat: reads, repo creation with `exist_ok`, uploads of
+    content-addressed LFS objects, and commits guarded by `parent_commit`.
+    """
+    for attempt in range(len(delays) + 1):
+        try:
+            return call()
+        except Exception as exc:
+            if attempt == len(delays) or not _is_transient(exc):
+                raise
+            status = _status_of(exc)
+            reason = f"HTTP {status}" if status else type(exc).__name__
+            log(
+                f"  {what}: {reason}, retrying in {delays[attempt]:.0f}s "
+                f"({attempt + 1}/{len(delays)})"
+            )
+            time.sleep(delays[attempt])
+    raise AssertionError("unreachable")
+
+
+# ---------------------------------------------------------------------------------------------
+# parents
+
+
+def fetch_parents(
+    recipe: Recipe, parents: list[ParentInfo], log: Callable[[str], None] = print
+) -> dict[str, Path]:
+    """A local directory for every parent, at its pinned revision.
+
+    Hub parents are downloaded with `snapshot_download` at the locked commit SHA into the shared
+    HF cache (reused across runs): config, tokenizer and safetensors weights only. Pickle weights
+    are refused unless the recipe sets `publish.allow_pickle`; a parent that needs remote code is
+    refused unless it sets `publish.trust_remote_code`.
+    """
+    from huggingface_hub import HfApi, snapshot_download
+
+    dirs: dict[str, Path] = {}
+    for parent in parents:
+        if parent.path:
+            dirs[parent.ref] = Path(parent.path)
+            continue
+        if not parent.resolved or not parent.revision:
+            raise HubError(
+                f"parent '{parent.ref}' is not pinned to a commit; run "
+                f"'publisher lock {recipe.path}' where the Hub is reachable"
+            )
+        repo_id = parent.ref.partition("@")[0]
+        config = parent.config or {}
+        if config.get("auto_map") and not recipe.publish.trust_remote_code:
+            raise HubError(
+                f"parent '{parent.ref}' needs remote code (config.json has auto_map); "
+                "set 'publish: {trust_remote_code: true}' only if you trust it"
+            )
+        patterns = list(PARENT_PATTERNS)
+        files = with_retries(
+            f"list {repo_id}",
+            lambda repo_id=repo_id, parent=parent: HfApi().list_repo_files(
+                repo_id, revision=parent.revision
+            ),
+            log,
+        )
+        has_safetensors = any(f.endswith(".safetensors") for f in files)
+        if not has_safetensors:
+            if not recipe.publish.allow_pickle:
+                raise HubError(
+                    f"parent '{parent.ref}' has no safetensors weights, only pickle "
+                    "files, which can run code when loaded; set "
+                    "'publish: {allow_pickle: true}' to accept them"
+                )
+            patterns += PICKLE_PATTERNS
+        log(f"  downloading {repo_id}@{parent.revision[:12]} (config, tokenizer, weights)")
+        path = with_retries(
+            f"download {repo_id}",
+            lambda repo_id=repo_id, parent=parent, patterns=patterns: snapshot_download(
+                repo_id, revision=parent.revision, allow_patterns=patterns
+            ),
+            log,
+        )
+        dirs[parent.ref] = Path(path)
+    return dirs
+
+
+# ---------------------------------------------------------------------------------------------
+# push
+
+
+def git_blob_sha1(data: bytes) -> str:
+    """The id git (and the Hub) gives a regular file's content."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()  # noqa: S324 (git's id)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def run_files(run_dir: Path) -> dict[str, Path]:
+    """The repo layout of a run: `path in repo -> file in the run directory`.
+
+    Weights, config and tokenizer at the root (from `merged/`), the card and its image at the
+    root, and the reports, recipe, lock and manifest under `publisher/`.
+    """
+    run = RunDir(Path(run_dir))
+    files: dict[str, Path] = {}
+    if run.merged.is_dir():
+        for file in sorted(run.merged.rglob("*")):
+            if file.is_file() and file.name != "README.md":
+                files[file.relative_to(run.merged).as_posix()] = file
+    for file in (run.card, run.image):
+        if file.exists():
+            files[file.name] = file
+    for repo_name, file in (
+        ("recipe.yaml", run.recipe),
+        ("recipe.lock.json", run.lock),
+        ("plan.json", run.plan),
+        ("smoke.json", run.smoke),
+        ("eval_results.json", run.eval_results),
+        ("verify.json", run.verify),
+        ("manifest.json", run.manifest),
+    ):
+        if file.exists():
+            files[f"{REPORTS_DIR}/{repo_name}"] = file
+    return files
+
+
+def _remote_files(api, repo_id: str, revision: str, log) -> dict[str, Any]:
+    from huggingface_hub.errors import EntryNotFoundError, RevisionNotFoundError
+
+    def listing():
+        try:
+            return [
+                e
+                for e in api.list_repo_tree(repo_id, revision=revision, recursive=True)
+                if getattr(e, "blob_id", None) is not None or hasattr(e, "size")
+            ]
+        except (EntryNotFoundError, RevisionNotFoundError):
+            return []
+
+    return {
+        e.path: e
+        for e in with_retries("list repo files", listing, log)
+        if type(e).__name__ == "RepoFile"
+    }
+
+
+def _matches(entry: Any, local: Path, local_sha256: str | None) -> bool:
+    lfs = getattr(entry, "lfs", None)
+    if lfs is not None:
+        sha = getattr(lfs, "sha256", None) or (lfs.get("sha256") if isinstance(lfs, dict) else None)
+        return sha == local_sha256
+    return entry.blob_id == git_blob_sha1(local.read_bytes())
+
+
+def push_run(
+    run_dir: Path,
+    repo_id: str,
+    create_pr: bool = False,
+    private: bool = False,
+    revision: str | None = None,
+    log: Callable[[str], None] = print,
+) -> PushResult:
+    """Publish a verified run directory to `repo_id` in one commit (see the module docstring)."""
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, get_token
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from publisher.card import CardError, validate_card
+
+    run = RunDir(Path(run_dir))
+    if not run.card.exists():
+        raise HubError(f"{run.card} does not exist; run the card stage first")
+    try:
+        validate_card(run.card.read_text(encoding="utf-8"))
+    except CardError as exc:
+        raise HubError(
+            f"the card's metadata does not validate, nothing was uploaded: {exc}"
+        ) from None
+    verify = json.loads(run.verify.read_text()) if run.verify.exists() else None
+    if not verify or not verify.get("passed"):
+        raise HubError(
+            f"{run.verify} is missing or did not pass; nothing was uploaded "
+            "(run the verify stage first)"
+        )
+    if "/" not in repo_id:
+        raise HubError(
+            f"repo id '{repo_id}' has no namespace; set publish.repo_id in the recipe "
+            "or PUBLISHER_NAMESPACE"
+        )
+
+    try:
+        token = get_token()
+    except Exception as exc:  # e.g. HF_OIDC_RESOURCE set but no id token available
+        raise HubError(f"cannot get a Hub token: {exc}") from None
+    if not token:
+        raise HubError(
+            "no Hub token: set HF_TOKEN, run 'hf auth login', or configure Trusted "
+            "Publishers (HF_OIDC_RESOURCE)"
+        )
+    api = HfApi(token=token)
+    branch = revision or "main"
+    files = run_files(run.root)
+    try:
+        repo_url = str(
+            with_retries(
+                "create repo",
+                lambda: api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model"),
+                log,
+            )
+        )
+        head = with_retries("read repo", lambda: api.model_info(repo_id, revision=branch), log).sha
+        remote = _remote_files(api, repo_id, branch, log)
+    except HfHubHTTPError as exc:
+        raise HubError(_http_message(exc, repo_id)) from None
+
+    local_sha = {name: sha256_file(path) for name, path in files.items()}
+    changed = [
+        name
+        for name, path in files.items()
+        if name not in remote or not _matches(remote[name], path, local_sha[name])
+    ]
+    stale = [name for name in remote if name not in files and _managed(name)]
+    if not changed and not stale:
+        log(f"  {repo_id}@{branch} already holds this run ({head[:12]}): nothing to push")
+        return PushResult(repo_id, repo_url, head, None, False, 0, 0)
+
+    recipe_sha = (
+        json.loads(run.manifest.read_text()).get("recipe_sha256", "")
+        if run.manifest.exists()
+        else ""
+    )
+    recipe_name = files.get(f"{REPORTS_DIR}/recipe.yaml")
+    message = (
+        f"publisher: {recipe_name.name if recipe_name else 'run'} "
+        f"(recipe sha256 {recipe_sha[:12] or 'unknown'})"
+    )
+    operations: list[Any] = [
+        CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(files[name])) for name in changed
+    ]
+    operations += [CommitOperationDelete(path_in_repo=name) for name in stale]
+    additions = [op for op in operations if isinstance(op, CommitOperationAdd)]
+    log(
+        f"  pushing {len(changed)} changed file(s), deleting {len(stale)} stale, to {repo_id}"
+        f"{' as a pull request' if create_pr else ''}"
+    )
+    try:
+        # LFS objects are content-addressed: uploading them again is harmless, so retry freely.
+        with_retries(
+            "upload LFS files",
+            lambda: api.preupload_lfs_files(repo_id, additions=additions, revision=branch),
+            log,
+        )
+        uploaded = sum(
+            1
+            for op in additions
+            if getattr(op, "_upload_mode", None) == "lfs"
+            and not getattr(op, "_should_ignore", False)
+        )
+        info = with_retries(
+            "commit",
+            lambda: api.create_commit(
+                repo_id,
+                operations=operations,
+                commit_message=message,
+                commit_description=_commit_description(files, run),
+                revision=branch,
+                parent_commit=None if create_pr else head,
+                create_pr=create_pr,
+            ),
+            log,
+        )
+    except HfHubHTTPError as exc:
+        if _status_of(exc) in (409, 412):
+            raise HubError(
+                f"{repo_id}@{branch} changed while pushing (someone else committed); "
+                "the repo was left as it was. Run the push again to publish on top of "
+                "the new commit."
+            ) from None
+        raise HubError(_http_message(exc, repo_id) + "; the repo was left as it was") from None
+    except Exception as exc:
+        if _is_transient(exc):
+            raise HubError(
+                f"the Hub did not answer ({type(exc).__name__}) after retries; the "
+                "commit is all-or-nothing, so the repo is unchanged: push again "
+                "later"
+            ) from None
+        raise
+    pr_url = getattr(info, "pr_url", None)
+    commit_sha = getattr(info, "oid", None) or ""
+    log(f"  committed {commit_sha[:12]}" + (f", pull request {pr_url}" if pr_url else ""))
+    return PushResult(repo_id, repo_url, commit_sha, pr_url, True, len(operations), uploaded)
+
+
+def _managed(name: str) -> bool:
+    # Files a run owns: stale weight shards from an earlier push are removed, user files kept.
+    return name.endswith(".safetensors") or name == "model.safetensors.index.json"
+
+
+def _commit_description(files: dict[str, Path], run: RunDir) -> str:
+    lines = ["Published by publisher.", "", f"{len(files)} files:"]
+    lines += [f"- {name}" for name in sorted(files)]
+    return "\n".join(lines)
+
+
+def _http_message(exc: Exception, repo_id: str) -> str:
+    status = _status_of(exc)
+    if status == 401:
+        return "the Hub rejected the token (401); check HF_TOKEN or your login"
+    if status == 403:
+        return f"the token may not write to {repo_id} (403); use a token with write access to it"
+    if status == 404:
+        return f"{repo_id} or its revision was not found on the Hub (404)"
+    first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return f"Hub request failed ({status or 'no status'}): {first_line}"

@@ -1,0 +1,586 @@
+"""`publisher run`: plan → merge → smoke → eval → card → verify (→ push), over a run directory.
+
+Each stage reads and writes files in the run directory (see `publisher.rundir`), and records in
+`manifest.json` its status, timing and a hash of its inputs. A stage whose inputs are unchanged
+since its last successful run is skipped; `force` redoes it. When a stage fails the run stops
+there with one plain message, and no later stage runs: the card only shows reports whose stage
+succeeded on the current inputs, and nothing is pushed unless verify passed.
+
+Verify runs after the card so that it checks the very README that would be pushed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from publisher.parents import ParentInfo, resolve_parents
+from publisher.recipe import Recipe
+from publisher.rundir import RunDir
+
+STAGES = ("plan", "merge", "smoke", "eval", "card", "verify", "push")
+DEFAULT_STAGES = STAGES[:-1]
+TOOLS = ("publisher", "mergekit", "transformers", "torch", "huggingface_hub", "lm_eval", "jinja2")
+
+
+class StageError(Exception):
+    """A stage failed; the message names the stage and says why."""
+
+    def __init__(self, stage: str, message: str):
+        self.stage = stage
+        super().__init__(f"stage '{stage}' failed: {message}")
+
+
+@dataclass
+class RunOptions:
+    """Flags of `publisher run` that change what the stages do.
+
+    Attributes:
+        device: `"cpu"` or `"cuda"`, e.g. `"cuda"` on a GPU runner.
+        stages: which stages to run, in pipeline order.
+        force: redo stages even when their inputs are unchanged.
+        eval_suite: overrides the recipe's eval suite, e.g. `"openllm-v1"`.
+        eval_limit: overrides the recipe's per-task sample limit, e.g. 100.
+        eval_backend: `"hf"` or `"vllm"`.
+        templates_dir: card templates to use instead of the recipe's or the default.
+        push: push after verify (also when the recipe's `publish.push` is true).
+        create_pr: push as a Hub pull request.
+        repo_id: overrides the recipe's repo id for the push.
+        private: create the repo private.
+    """
+
+    device: str = "cpu"
+    stages: tuple[str, ...] = DEFAULT_STAGES
+    force: bool = False
+    eval_suite: str | None = None
+    eval_limit: float | None = None
+    eval_backend: str | None = None
+    templates_dir: Path | None = None
+    push: bool = False
+    create_pr: bool = False
+    repo_id: str | None = None
+    private: bool | None = None
+
+
+@dataclass
+class StageRecord:
+    """One stage's entry in `manifest.json`."""
+
+    status: str  # "ok", "failed" or "skipped" (ok earlier, inputs unchanged)
+    input_hash: str
+    seconds: float = 0.0
+    finished_at: str = ""
+    error: str | None = None
+    outputs: list[str] = field(default_factory=list)
+
+
+_FILE_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def sha256_file(path: Path) -> str:
+    """sha256 of a file, remembered by (path, size, mtime) so big weights are read once a run."""
+    stat = Path(path).stat()
+    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    if key in _FILE_HASHES:
+        return _FILE_HASHES[key]
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    _FILE_HASHES[key] = digest.hexdigest()
+    return _FILE_HASHES[key]
+
+
+def hash_inputs(*parts: Any) -> str:
+    """A content hash of stage inputs: files and directories by bytes, other values by JSON."""
+    digest = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, Path):
+            if part.is_dir():
+                for file in sorted(p for p in part.rglob("*") if p.is_file()):
+                    digest.update(str(file.relative_to(part)).encode())
+                    digest.update(sha256_file(file).encode())
+            elif part.exists():
+                digest.update(sha256_file(part).encode())
+            else:
+                digest.update(b"<missing>")
+        else:
+            digest.update(json.dumps(part, sort_keys=True, default=str).encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def tool_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in TOOLS:
+        dist = {"lm_eval": "lm-eval", "huggingface_hub": "huggingface_hub"}.get(name, name)
+        try:
+            versions[name] = version(dist)
+        except PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def hardware() -> dict[str, Any]:
+    import os
+
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+    }
+    try:
+        import torch
+
+        info["cuda"] = torch.cuda.is_available()
+        if info["cuda"]:
+            info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except ImportError:  # torch is a dependency, but the manifest must not need it
+        info["cuda"] = False
+    return info
+
+
+class Manifest:
+    """`manifest.json`: per-stage records plus tool versions and hardware."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.data: dict[str, Any] = {"stages": {}}
+        if self.path.exists():
+            try:
+                self.data = json.loads(self.path.read_text(encoding="utf-8"))
+            except ValueError:
+                self.data = {"stages": {}}
+        self.data.setdefault("stages", {})
+
+    def record(self, stage: str) -> StageRecord | None:
+        raw = self.data["stages"].get(stage)
+        return StageRecord(**raw) if raw else None
+
+    def set(self, stage: str, record: StageRecord) -> None:
+        self.data["stages"][stage] = record.__dict__.copy()
+        self.save()
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(self.data, indent=2) + "\n", encoding="utf-8")
+
+    def is_current(self, stage: str, input_hash: str) -> bool:
+        rec = self.record(stage)
+        return rec is not None and rec.status in ("ok", "skipped") and rec.input_hash == input_hash
+
+
+@dataclass
+class StageResult:
+    name: str
+    status: str
+    seconds: float
+
+
+@dataclass
+class RunContext:
+    """What the stages share during one `publisher run`."""
+
+    recipe: Recipe
+    run: RunDir
+    options: RunOptions
+    manifest: Manifest
+    log: Callable[[str], None] = print
+    _parents: list[ParentInfo] | None = None
+    _parent_dirs: dict[str, Path] | None = None
+
+    @property
+    def parents(self) -> list[ParentInfo]:
+        if self._parents is None:
+            self._parents = resolve_parents(self.recipe)
+        return self._parents
+
+    @property
+    def parent_dirs(self) -> dict[str, Path]:
+        """Local directories of the parents at their pinned revisions (downloaded if needed)."""
+        if self._parent_dirs is None:
+            from publisher.hub import fetch_parents
+
+            self._parent_dirs = fetch_parents(self.recipe, self.parents, log=self.log)
+        return self._parent_dirs
+
+    @property
+    def dtype(self) -> str:
+        return str(
+            self.recipe.merge.get("out_dtype") or self.recipe.merge.get("dtype") or "float32"
+        )
+
+    def eval_settings(self):
+        settings = self.recipe.publish.eval.model_copy()
+        if self.options.eval_suite:
+            settings = settings.model_copy(update={"suite": self.options.eval_suite, "tasks": []})
+        if self.options.eval_limit is not None:
+            settings = settings.model_copy(update={"limit": self.options.eval_limit})
+        if self.options.eval_backend:
+            settings = settings.model_copy(update={"backend": self.options.eval_backend})
+        return settings
+
+    def current(self, stage: str) -> bool:
+        """Whether `stage` succeeded on the inputs it has now (its report can be trusted)."""
+        rec = self.manifest.record(stage)
+        return (
+            rec is not None
+            and rec.status in ("ok", "skipped")
+            and rec.input_hash == (STAGE_INPUTS[stage](self))
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# stage inputs (what makes a stage's output stale) and stage bodies
+
+
+def _plan_inputs(ctx: RunContext) -> str:
+    lock = ctx.recipe.lock_path
+    return hash_inputs(
+        "plan",
+        ctx.recipe.sha256,
+        lock if lock.exists() else None,
+        [(p.ref, p.revision) for p in ctx.parents],
+        tool_versions().get("mergekit"),
+    )
+
+
+def _merge_inputs(ctx: RunContext) -> str:
+    settings = ctx.recipe.publish.merge.model_dump()
+    return hash_inputs("merge", ctx.run.plan, settings, ctx.recipe.publish.chat_template)
+
+
+def _smoke_inputs(ctx: RunContext) -> str:
+    return hash_inputs("smoke", ctx.run.merged, ctx.recipe.publish.smoke.model_dump())
+
+
+def _eval_inputs(ctx: RunContext) -> str:
+    return hash_inputs("eval", ctx.run.merged, ctx.eval_settings().model_dump())
+
+
+def _card_inputs(ctx: RunContext) -> str:
+    templates = _templates_dir(ctx)
+    return hash_inputs(
+        "card",
+        ctx.run.plan,
+        ctx.run.smoke if ctx.current("smoke") else None,
+        ctx.run.eval_results if ctx.current("eval") else None,
+        templates,
+        ctx.recipe.repo_id,
+    )
+
+
+def _verify_inputs(ctx: RunContext) -> str:
+    return hash_inputs(
+        "verify", ctx.run.plan, ctx.run.merged, ctx.run.card, ctx.run.smoke, ctx.run.eval_results
+    )
+
+
+def _push_inputs(ctx: RunContext) -> str:
+    # Pushing is never skipped by the pipeline: the Hub itself says whether anything changed.
+    return hash_inputs("push", time.time())
+
+
+def _templates_dir(ctx: RunContext) -> Path | None:
+    if ctx.options.templates_dir:
+        return Path(ctx.options.templates_dir).resolve()
+    if ctx.recipe.publish.templates:
+        return (ctx.recipe.path.parent / ctx.recipe.publish.templates).resolve()
+    return None
+
+
+def _stage_plan(ctx: RunContext) -> list[Path]:
+    from publisher.schedule import build_plan, write_plan
+
+    shutil.copyfile(ctx.recipe.path, ctx.run.recipe)
+    if ctx.recipe.lock_path.exists():
+        shutil.copyfile(ctx.recipe.lock_path, ctx.run.lock)
+    plan = build_plan(ctx.recipe, ctx.parents)
+    write_plan(plan, ctx.run.plan)
+    ctx.log(
+        f"  {plan.num_layers} layers, {len(plan.tensors)} tensors, groups: {', '.join(plan.groups)}"
+    )
+    return [ctx.run.plan, ctx.run.recipe]
+
+
+def _stage_merge(ctx: RunContext) -> list[Path]:
+    from publisher.merge import merge_request_for, run_merge_stage
+
+    unresolved = [p.ref for p in ctx.parents if not p.resolved]
+    if unresolved:
+        raise StageError(
+            "merge",
+            "parents are not pinned: "
+            + ", ".join(unresolved)
+            + f"; run 'publisher lock {ctx.recipe.path}' where the Hub is reachable",
+        )
+    request = merge_request_for(ctx.recipe, device=ctx.options.device)
+    run_merge_stage(ctx.recipe, ctx.parents, ctx.parent_dirs, ctx.run.merged, request)
+    return [ctx.run.merged]
+
+
+def _stage_smoke(ctx: RunContext) -> list[Path]:
+    from publisher.smoke import SmokeError, run_smoke
+
+    try:
+        report = run_smoke(ctx.run.merged, ctx.recipe.publish.smoke, device=ctx.options.device)
+    except SmokeError as exc:
+        raise StageError("smoke", str(exc)) from None
+    report.write(ctx.run.smoke)
+    for transcript in report.transcripts:
+        ctx.log(
+            f"  {transcript.user!r} -> {transcript.reply[:60]!r} "
+            f"({transcript.tokens_per_second:.1f} tok/s)"
+        )
+    return [ctx.run.smoke]
+
+
+def _stage_eval(ctx: RunContext) -> list[Path]:
+    from publisher.evaluate import run_eval
+
+    settings = ctx.eval_settings()
+    if not settings.tasks and not settings.suite:
+        ctx.log("  no eval suite or tasks configured: nothing to evaluate")
+        if ctx.run.eval_results.exists():
+            ctx.run.eval_results.unlink()
+        return []
+    run_eval(
+        ctx.run.merged,
+        settings,
+        ctx.run.eval_dir,
+        device=ctx.options.device,
+        backend=settings.backend,
+    )
+    return [ctx.run.eval_results]
+
+
+def card_inputs_for(ctx: RunContext):
+    """The card's inputs: the plan, plus each report whose stage succeeded on current inputs."""
+    from publisher.card import CardInputs
+    from publisher.evaluate import summarize, to_eval_results
+    from publisher.schedule import Plan
+    from publisher.smoke import SmokeReport
+
+    plan = Plan.read(ctx.run.plan)
+    smoke = (
+        SmokeReport.read(ctx.run.smoke) if ctx.current("smoke") and ctx.run.smoke.exists() else None
+    )
+    summary = eval_results = None
+    if ctx.current("eval") and ctx.run.eval_results.exists():
+        results = json.loads(ctx.run.eval_results.read_text(encoding="utf-8"))
+        summary = summarize(results, ctx.eval_settings().suite)
+        eval_results = to_eval_results(summary, ctx.recipe.repo_id)
+    return CardInputs(
+        recipe=ctx.recipe, plan=plan, smoke=smoke, evaluation=summary, eval_results=eval_results
+    )
+
+
+def _stage_card(ctx: RunContext) -> list[Path]:
+    from publisher.card import write_card
+
+    path = write_card(card_inputs_for(ctx), ctx.run.root, templates_dir=_templates_dir(ctx))
+    return [path, ctx.run.image]
+
+
+def _stage_verify(ctx: RunContext) -> list[Path]:
+    from publisher.verify import verify_run
+
+    report = verify_run(
+        ctx.run,
+        ctx.parent_dirs,
+        dtype=ctx.dtype,
+        expect_smoke=ctx.current("smoke"),
+        expect_eval=ctx.current("eval"),
+    )
+    report.write(ctx.run.verify)
+    checked = len(report.tensors)
+    ctx.log(
+        f"  {checked} tensors checked{' (sample)' if report.sampled else ''}, "
+        f"{len(report.card_checks)} card checks"
+    )
+    if not report.passed:
+        raise StageError(
+            "verify",
+            "; ".join(report.failures[:5])
+            + (f" (+{len(report.failures) - 5} more)" if len(report.failures) > 5 else "")
+            + f". Details in {ctx.run.verify}",
+        )
+    return [ctx.run.verify]
+
+
+def _stage_push(ctx: RunContext) -> list[Path]:
+    from publisher.hub import push_run
+
+    if not ctx.current("verify"):
+        raise StageError(
+            "push", "verify has not passed on the current run directory; nothing was pushed"
+        )
+    result = push_run(
+        ctx.run.root,
+        repo_id=ctx.options.repo_id or ctx.recipe.repo_id,
+        create_pr=ctx.options.create_pr or ctx.recipe.publish.create_pr,
+        private=ctx.recipe.publish.private if ctx.options.private is None else ctx.options.private,
+        log=ctx.log,
+    )
+    ctx.manifest.data["push"] = result.as_dict()
+    ctx.manifest.save()
+    return []
+
+
+STAGE_INPUTS: dict[str, Callable[[RunContext], str]] = {
+    "plan": _plan_inputs,
+    "merge": _merge_inputs,
+    "smoke": _smoke_inputs,
+    "eval": _eval_inputs,
+    "card": _card_inputs,
+    "verify": _verify_inputs,
+    "push": _push_inputs,
+}
+STAGE_BODIES: dict[str, Callable[[RunContext], list[Path]]] = {
+    "plan": _stage_plan,
+    "merge": _stage_merge,
+    "smoke": _stage_smoke,
+    "eval": _stage_eval,
+    "card": _stage_card,
+    "verify": _stage_verify,
+    "push": _stage_push,
+}
+STAGE_NEEDS: dict[str, tuple[str, ...]] = {
+    "merge": ("plan",),
+    "smoke": ("merge",),
+    "eval": ("merge",),
+    "card": ("plan",),
+    "verify": ("merge", "card"),
+    "push": ("verify",),
+}
+
+
+def parse_stages(text: str | Iterable[str] | None) -> tuple[str, ...]:
+    """`"merge,smoke"` → stages in pipeline order; unknown names are an error."""
+    if text is None:
+        return DEFAULT_STAGES
+    names = [s.strip() for s in (text.split(",") if isinstance(text, str) else text) if s.strip()]
+    unknown = [n for n in names if n not in STAGES]
+    if unknown:
+        raise StageError(
+            "run", f"unknown stage(s) {', '.join(unknown)}; stages are {', '.join(STAGES)}"
+        )
+    return tuple(s for s in STAGES if s in names)
+
+
+def run_pipeline(
+    recipe: Recipe, run_dir: Path, options: RunOptions, log: Callable[[str], None] = print
+) -> list[StageResult]:
+    """Run the chosen stages in order; raise `StageError` at the first failure."""
+    from publisher import actions
+
+    run = RunDir(Path(run_dir)).ensure()
+    manifest = Manifest(run.manifest)
+    manifest.data.update(
+        {
+            "recipe": str(recipe.path),
+            "recipe_sha256": recipe.sha256,
+            "repo_id": recipe.repo_id,
+            "tool_versions": tool_versions(),
+            "hardware": hardware(),
+            "options": {
+                k: (str(v) if isinstance(v, Path) else v) for k, v in options.__dict__.items()
+            },
+        }
+    )
+    manifest.save()
+    ctx = RunContext(recipe=recipe, run=run, options=options, manifest=manifest, log=log)
+    stages = list(options.stages)
+    if (
+        (options.push or recipe.publish.push)
+        and "push" not in stages
+        and stages == list(DEFAULT_STAGES)
+    ):
+        stages.append("push")
+    results: list[StageResult] = []
+    for number, stage in enumerate(stages, start=1):
+        for need in STAGE_NEEDS.get(stage, ()):
+            if need not in stages and not ctx.current(need):
+                raise StageError(
+                    stage,
+                    f"needs the '{need}' stage's output, which is missing or "
+                    f"stale in {run.root}; run it first (--stages {need},{stage})",
+                )
+        try:
+            input_hash = STAGE_INPUTS[stage](ctx)
+        except Exception as exc:
+            raise _as_stage_error(stage, exc) from None
+        if not options.force and stage != "push" and manifest.is_current(stage, input_hash):
+            log(f"[{number}/{len(stages)}] {stage}: unchanged, skipped")
+            rec = manifest.record(stage)
+            assert rec is not None
+            rec.status = "skipped"
+            manifest.set(stage, rec)
+            results.append(StageResult(stage, "skipped", 0.0))
+            continue
+        log(f"[{number}/{len(stages)}] {stage} ...")
+        started = time.monotonic()
+        with actions.group(f"{stage}"):
+            try:
+                outputs = STAGE_BODIES[stage](ctx)
+            except Exception as exc:
+                seconds = time.monotonic() - started
+                error = _as_stage_error(stage, exc)
+                manifest.set(
+                    stage, StageRecord("failed", input_hash, round(seconds, 3), _now(), str(error))
+                )
+                raise error from None
+        seconds = time.monotonic() - started
+        # Record the hash of the inputs as they are after the stage (a stage may write its
+        # own inputs' copies, e.g. the plan stage copies the recipe).
+        manifest.set(
+            stage,
+            StageRecord(
+                "ok",
+                STAGE_INPUTS[stage](ctx) if stage != "push" else input_hash,
+                round(seconds, 3),
+                _now(),
+                None,
+                [str(p.relative_to(run.root)) for p in outputs],
+            ),
+        )
+        log(f"[{number}/{len(stages)}] {stage}: done in {seconds:.1f}s")
+        results.append(StageResult(stage, "ok", seconds))
+    return results
+
+
+def _as_stage_error(stage: str, exc: BaseException) -> StageError:
+    if isinstance(exc, StageError):
+        return exc
+    return StageError(stage, f"{exc}" if str(exc) else type(exc).__name__)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def default_run_dir(recipe: Recipe) -> Path:
+    return Path("runs") / recipe.name
+
+
+def stage_table(manifest_path: Path) -> str:
+    """Markdown table of stage statuses and timings (for the Actions job summary)."""
+    data = json.loads(Path(manifest_path).read_text(encoding="utf-8"))
+    lines = ["| stage | status | seconds |", "|---|---|---:|"]
+    for stage in STAGES:
+        rec = data["stages"].get(stage)
+        if rec:
+            lines.append(f"| {stage} | {rec['status']} | {rec['seconds']:.1f} |")
+    return "\n".join(lines)
+
+
+__all__ = ["RunOptions", "StageError", "parse_stages", "run_pipeline"]
