@@ -3,11 +3,175 @@
 Writes `eval/results.json` (lm-eval's full output) in the run directory. `summarize` turns that
 output into the rows the card shows; `to_eval_results` into huggingface_hub `EvalResult`s for the
 card's `model-index`.
+
+What runs is either a named suite (`SUITES`, each task with its own shots) or the recipe's explicit
+`tasks` (with one `num_fewshot` for all of them, or each task's default). Tasks shipped with
+publisher live in `publisher/tasks/` (e.g. `publisher_tiny_qa`); `run_eval` copies them next to the
+results with their data paths made absolute, because the `json` loader of `datasets` resolves
+relative paths against the current directory.
 """
 
 from __future__ import annotations
 
+import difflib
+import json
+import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from huggingface_hub import EvalResult
+
+from publisher.recipe import EvalSettings
+
+LM_EVAL_NAME = "lm-evaluation-harness"
+LM_EVAL_URL = "https://github.com/EleutherAI/lm-evaluation-harness"
+TASK_TYPE = "text-generation"
+TASK_NAME = "Text Generation"
+
+TASKS_DIR = Path(__file__).resolve().parent / "tasks"
+"""Where publisher's own lm-eval tasks (YAML + data) are shipped."""
+
+TINY_TASK = "publisher_tiny_qa"
+BACKENDS = ("hf", "vllm")
+RESULTS_NAME = "results.json"
+LOCAL_TASKS_NAME = "tasks"
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One number a suite reports: an lm-eval task, its shots and metric, and how the card names it.
+
+    Attributes:
+        task: lm-eval task or group name, e.g. `"arc_challenge"`.
+        num_fewshot: shots, e.g. 25.
+        metric: lm-eval metric name, e.g. `"acc_norm"`.
+        filter: lm-eval filter, e.g. `"none"` or `"strict-match"`.
+        dataset_name: pretty dataset name for model-index, e.g. `"AI2 Reasoning Challenge (25-Shot)"`.
+        dataset_type: Hub dataset id for model-index, e.g. `"ai2_arc"`.
+        dataset_config: dataset config, e.g. `"ARC-Challenge"`, or `None`.
+        dataset_split: split, e.g. `"test"`, or `None`.
+        metric_name: pretty metric name, e.g. `"normalized accuracy"`, or `None`.
+        metric_type: model-index metric id when it differs from lm-eval's name, e.g. `"mc2"` for
+            TruthfulQA's `acc`; `None` means `metric`.
+    """
+
+    task: str
+    num_fewshot: int
+    metric: str
+    filter: str = "none"
+    dataset_name: str | None = None
+    dataset_type: str | None = None
+    dataset_config: str | None = None
+    dataset_split: str | None = None
+    metric_name: str | None = None
+    metric_type: str | None = None
+
+
+def _agieval(task: str) -> TaskSpec:
+    return TaskSpec(
+        task, 0, "acc_norm", dataset_name=f"AGIEval {task.removeprefix('agieval_')} (0-shot)",
+        dataset_type=f"hails/agieval-{task.removeprefix('agieval_').replace('_', '-')}",
+        dataset_split="test", metric_name="normalized accuracy",
+    )  # fmt: skip
+
+
+def _bigbench(subtask: str) -> TaskSpec:
+    return TaskSpec(
+        f"bigbench_{subtask}_multiple_choice", 0, "acc",
+        dataset_name=f"BIG-bench {subtask} (0-shot)", dataset_type="hails/bigbench",
+        dataset_config=f"{subtask}_zero_shot", dataset_split="default", metric_name="accuracy",
+    )  # fmt: skip
+
+
+# One table per suite: what runs, and what the card and model-index call it. The Open LLM
+# Leaderboard names follow the cards that leaderboard wrote; values stay as lm-eval reports them.
+# fmt: off
+SUITES: dict[str, list[TaskSpec]] = {
+    "openllm-v1": [
+        TaskSpec("arc_challenge", 25, "acc_norm", dataset_name="AI2 Reasoning Challenge (25-Shot)",
+                 dataset_type="ai2_arc", dataset_config="ARC-Challenge", dataset_split="test",
+                 metric_name="normalized accuracy"),
+        TaskSpec("hellaswag", 10, "acc_norm", dataset_name="HellaSwag (10-Shot)",
+                 dataset_type="hellaswag", dataset_split="validation",
+                 metric_name="normalized accuracy"),
+        TaskSpec("mmlu", 5, "acc", dataset_name="MMLU (5-Shot)", dataset_type="cais/mmlu",
+                 dataset_config="all", dataset_split="test", metric_name="accuracy"),
+        TaskSpec("truthfulqa_mc2", 0, "acc", dataset_name="TruthfulQA (0-shot)",
+                 dataset_type="truthful_qa", dataset_config="multiple_choice",
+                 dataset_split="validation", metric_name="mc2", metric_type="mc2"),
+        TaskSpec("winogrande", 5, "acc", dataset_name="Winogrande (5-shot)",
+                 dataset_type="winogrande", dataset_config="winogrande_xl",
+                 dataset_split="validation", metric_name="accuracy"),
+        TaskSpec("gsm8k", 5, "exact_match", "strict-match", dataset_name="GSM8k (5-shot)",
+                 dataset_type="gsm8k", dataset_config="main", dataset_split="test",
+                 metric_name="exact match (strict-match)"),
+    ],
+    # lm-eval's `leaderboard` group (Open LLM Leaderboard v2), one entry per sub-group.
+    "leaderboard": [
+        TaskSpec("leaderboard_ifeval", 0, "prompt_level_strict_acc", dataset_name="IFEval (0-Shot)",
+                 dataset_type="HuggingFaceH4/ifeval", metric_name="prompt-level strict accuracy"),
+        TaskSpec("leaderboard_ifeval", 0, "inst_level_strict_acc", dataset_name="IFEval (0-Shot)",
+                 dataset_type="HuggingFaceH4/ifeval",
+                 metric_name="instruction-level strict accuracy"),
+        TaskSpec("leaderboard_bbh", 3, "acc_norm", dataset_name="BBH (3-Shot)", dataset_type="BBH",
+                 metric_name="normalized accuracy"),
+        TaskSpec("leaderboard_math_hard", 4, "exact_match", dataset_name="MATH Lvl 5 (4-Shot)",
+                 dataset_type="hendrycks/competition_math", metric_name="exact match"),
+        TaskSpec("leaderboard_gpqa", 0, "acc_norm", dataset_name="GPQA (0-shot)",
+                 dataset_type="Idavidrein/gpqa", metric_name="normalized accuracy"),
+        TaskSpec("leaderboard_musr", 0, "acc_norm", dataset_name="MuSR (0-shot)",
+                 dataset_type="TAUR-Lab/MuSR", metric_name="normalized accuracy"),
+        TaskSpec("leaderboard_mmlu_pro", 5, "acc", dataset_name="MMLU-PRO (5-shot)",
+                 dataset_type="TIGER-Lab/MMLU-Pro", dataset_config="main", dataset_split="test",
+                 metric_name="accuracy"),
+    ],
+    # The Nous suite (AGIEval, GPT4All, TruthfulQA, BIG-bench), zero-shot, with lm-eval 0.4 names.
+    "nous": [
+        *(_agieval(t) for t in (
+            "agieval_aqua_rat", "agieval_logiqa_en", "agieval_lsat_ar", "agieval_lsat_lr",
+            "agieval_lsat_rc", "agieval_sat_en", "agieval_sat_en_without_passage",
+            "agieval_sat_math",
+        )),
+        TaskSpec("arc_challenge", 0, "acc_norm", dataset_name="ARC-Challenge (0-shot)",
+                 dataset_type="ai2_arc", dataset_config="ARC-Challenge", dataset_split="test",
+                 metric_name="normalized accuracy"),
+        TaskSpec("arc_easy", 0, "acc_norm", dataset_name="ARC-Easy (0-shot)",
+                 dataset_type="ai2_arc", dataset_config="ARC-Easy", dataset_split="test",
+                 metric_name="normalized accuracy"),
+        TaskSpec("boolq", 0, "acc", dataset_name="BoolQ (0-shot)", dataset_type="super_glue",
+                 dataset_config="boolq", dataset_split="validation", metric_name="accuracy"),
+        TaskSpec("hellaswag", 0, "acc_norm", dataset_name="HellaSwag (0-shot)",
+                 dataset_type="hellaswag", dataset_split="validation",
+                 metric_name="normalized accuracy"),
+        TaskSpec("openbookqa", 0, "acc_norm", dataset_name="OpenBookQA (0-shot)",
+                 dataset_type="openbookqa", dataset_config="main", dataset_split="test",
+                 metric_name="normalized accuracy"),
+        TaskSpec("piqa", 0, "acc_norm", dataset_name="PIQA (0-shot)", dataset_type="piqa",
+                 dataset_split="validation", metric_name="normalized accuracy"),
+        TaskSpec("winogrande", 0, "acc", dataset_name="Winogrande (0-shot)",
+                 dataset_type="winogrande", dataset_config="winogrande_xl",
+                 dataset_split="validation", metric_name="accuracy"),
+        TaskSpec("truthfulqa_mc2", 0, "acc", dataset_name="TruthfulQA (0-shot)",
+                 dataset_type="truthful_qa", dataset_config="multiple_choice",
+                 dataset_split="validation", metric_name="mc2", metric_type="mc2"),
+        *(_bigbench(t) for t in (
+            "causal_judgment", "date_understanding", "disambiguation_qa", "geometric_shapes",
+            "logical_deduction", "movie_recommendation", "navigate",
+            "reasoning_about_colored_objects", "ruin_names", "salient_translation_error_detection",
+            "snarks", "sports_understanding", "temporal_sequences", "tracking_shuffled_objects",
+        )),
+    ],
+    # publisher's own task (publisher/tasks/): runs offline in seconds, for the demo and the tests.
+    "tiny": [
+        TaskSpec(TINY_TASK, 0, "acc", dataset_name=TINY_TASK, dataset_type=TINY_TASK,
+                 dataset_split="test", metric_name="accuracy"),
+        TaskSpec(TINY_TASK, 0, "acc_norm", dataset_name=TINY_TASK, dataset_type=TINY_TASK,
+                 dataset_split="test", metric_name="normalized accuracy"),
+    ],
+}
+# fmt: on
 
 
 @dataclass
@@ -26,6 +190,8 @@ class EvalRow:
         dataset_type: Hub dataset id, e.g. `"ai2_arc"`.
         dataset_config: dataset config, e.g. `"ARC-Challenge"`.
         dataset_split: split, e.g. `"test"`.
+        metric_name: pretty metric name, e.g. `"normalized accuracy"`, or `None`.
+        metric_type: model-index metric id when it differs from `metric`, e.g. `"mc2"`.
     """
 
     task: str
@@ -39,6 +205,8 @@ class EvalRow:
     dataset_type: str | None = None
     dataset_config: str | None = None
     dataset_split: str | None = None
+    metric_name: str | None = None
+    metric_type: str | None = None
 
 
 @dataclass
@@ -56,3 +224,351 @@ class EvalSummary:
     partial: bool = False
     lm_eval_version: str = ""
     model_args: str = ""
+
+
+class EvalError(Exception):
+    """The evaluation cannot run or its results cannot be read; the message says why."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Running
+
+
+def run_eval(
+    model_dir: Path,
+    settings: EvalSettings,
+    out_dir: Path,
+    device: str = "cpu",
+    dtype: str = "auto",
+    backend: str = "hf",
+) -> dict[str, Any]:
+    """Evaluate the model in `model_dir` with lm-eval and write `OUT_DIR/results.json`.
+
+    Explicit `settings.tasks` run with `settings.num_fewshot` (or each task's default); otherwise
+    the tasks of `settings.suite` run, each with the suite's shots. Task names are checked first:
+    an unknown one raises `EvalError` naming the closest known tasks.
+
+    Args:
+        model_dir: a transformers model directory.
+        settings: the recipe's `publish.eval`.
+        out_dir: where `results.json` goes (and `tasks/`, the copy of publisher's own tasks).
+        device: torch device, e.g. `"cpu"` or `"cuda:0"`. lm-eval's own default is cuda, so it is
+            always passed on for the `hf` backend.
+        dtype: dtype lm-eval loads the model in, e.g. `"auto"` (the checkpoint's) or `"bfloat16"`.
+        backend: `"hf"` (transformers) or `"vllm"`. vLLM needs the `vllm` extra
+            (`pip install lm-eval[vllm]`) on a GPU runner; it picks its GPU itself, runs with
+            `gpu_memory_utilization=0.8`, and is not exercised by the tests.
+
+    Returns:
+        lm-eval's output as written to `results.json` (per-sample logs left out, plus
+        `lm_eval_version`), read back, so its numbers are the file's numbers.
+    """
+    import lm_eval
+    from lm_eval.utils import handle_non_serializable
+
+    if backend not in BACKENDS:
+        raise EvalError(f"unknown eval backend '{backend}'; use one of: {', '.join(BACKENDS)}")
+    names, shots = _requested(settings)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results_path = out_dir / RESULTS_NAME
+    results_path.unlink(missing_ok=True)
+    include = [write_local_tasks(out_dir / LOCAL_TASKS_NAME), *_include_paths(settings)]
+    manager = _task_manager(include, names)
+
+    model_args: dict[str, Any] = {"pretrained": str(Path(model_dir).resolve()), "dtype": dtype}
+    if backend == "vllm":
+        model_args["gpu_memory_utilization"] = 0.8
+    batch_size = settings.batch_size or (
+        "auto" if backend == "vllm" or device.startswith("cuda") else 1
+    )
+    try:
+        tasks = _with_shots(manager, names, shots) if shots else list(names)
+        results = lm_eval.simple_evaluate(
+            model=backend,
+            model_args=model_args,
+            tasks=tasks,
+            num_fewshot=None if shots else settings.num_fewshot,
+            limit=_limit(settings.limit),
+            batch_size=batch_size,
+            device=device if backend == "hf" else None,
+            apply_chat_template=settings.apply_chat_template,
+            fewshot_as_multiturn=settings.apply_chat_template,
+            log_samples=False,
+            task_manager=manager,
+        )
+    except (OSError, ValueError, KeyError, RuntimeError, ImportError) as exc:
+        raise EvalError(
+            f"lm-eval failed on {', '.join(names)}: {type(exc).__name__}: {exc}"
+        ) from exc
+    if results is None:
+        raise EvalError("lm-eval returned no results (not the main process?)")
+    results.pop("samples", None)
+    results.setdefault("lm_eval_version", lm_eval.__version__)
+    text = json.dumps(results, indent=2, ensure_ascii=False, default=handle_non_serializable)
+    results_path.write_text(text + "\n", encoding="utf-8")
+    return json.loads(text)
+
+
+def write_local_tasks(dest: Path) -> Path:
+    """Copy publisher's own lm-eval tasks (`TASKS_DIR`) to `dest`, with data paths made absolute.
+
+    Each YAML's relative `dataset_kwargs.data_files` entries are rewritten to the copied data
+    files, so the copy works from any current directory. Returns `dest`, for `include_path`.
+    """
+    dest = Path(dest).resolve()
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for src in sorted(TASKS_DIR.iterdir()):
+        if not src.is_file() or src.suffix == ".py":
+            continue
+        if src.suffix != ".yaml":
+            shutil.copyfile(src, dest / src.name)
+            continue
+        config = yaml.safe_load(src.read_text(encoding="utf-8"))
+        data_files = (config.get("dataset_kwargs") or {}).get("data_files")
+        if data_files is not None:
+            config["dataset_kwargs"]["data_files"] = _absolute(data_files, dest)
+        header = f"# Written by publisher.evaluate from publisher/tasks/{src.name}; do not edit.\n"
+        body = yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
+        (dest / src.name).write_text(header + body, encoding="utf-8")
+    return dest
+
+
+def _absolute(data_files: Any, base: Path) -> Any:
+    if isinstance(data_files, str):
+        return data_files if Path(data_files).is_absolute() else str(base / data_files)
+    if isinstance(data_files, list):
+        return [_absolute(f, base) for f in data_files]
+    if isinstance(data_files, dict):
+        return {split: _absolute(f, base) for split, f in data_files.items()}
+    return data_files
+
+
+def _requested(settings: EvalSettings) -> tuple[list[str], dict[str, int]]:
+    """Task names to run, and per-task shots (empty when the recipe lists its own tasks)."""
+    if settings.tasks:
+        return list(dict.fromkeys(settings.tasks)), {}
+    if settings.suite is None:
+        raise EvalError("nothing to evaluate: set 'publish.eval.suite' or 'publish.eval.tasks'")
+    specs = suite_specs(settings.suite)
+    shots = {spec.task: spec.num_fewshot for spec in specs}
+    return list(shots), shots
+
+
+def suite_specs(suite: str) -> list[TaskSpec]:
+    """The `TaskSpec`s of a suite; `EvalError` for an unknown suite name."""
+    if suite not in SUITES:
+        match = difflib.get_close_matches(suite, list(SUITES), n=1)
+        hint = f" Did you mean '{match[0]}'?" if match else ""
+        raise EvalError(f"unknown eval suite '{suite}'.{hint} Known: {', '.join(SUITES)}")
+    return SUITES[suite]
+
+
+def _include_paths(settings: EvalSettings) -> list[Path]:
+    paths = [Path(p).expanduser() for p in settings.include_paths]
+    missing = [str(p) for p in paths if not p.is_dir()]
+    if missing:
+        raise EvalError(
+            f"eval include_paths not found: {', '.join(missing)}; give directories of task YAML"
+        )
+    return paths
+
+
+def _task_manager(include: list[Path], names: list[str]) -> Any:
+    """A `TaskManager` that knows `names`; `EvalError` listing close matches for unknown ones.
+
+    Indexing lm-eval's own ~15,000 tasks takes about 20 s, so the include paths are tried alone
+    first: tasks that live there (publisher's own, the recipe's) do not need the full index.
+    """
+    from lm_eval.tasks import TaskManager
+
+    local = TaskManager(include_path=[str(p) for p in include], include_defaults=False)
+    if all(_known(local, name) for name in names):
+        return local
+    manager = TaskManager(include_path=[str(p) for p in include])
+    unknown = [name for name in names if not _known(manager, name)]
+    if unknown:
+        lines = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, manager.all_tasks, n=5, cutoff=0.6)
+            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            lines.append(f"unknown lm-eval task '{name}'.{hint}")
+        raise EvalError(
+            " ".join(lines)
+            + " Custom tasks need their YAML directory in 'publish.eval.include_paths'."
+        )
+    return manager
+
+
+def _known(manager: Any, name: str) -> bool:
+    return name in manager.task_index or (name.endswith(".yaml") and Path(name).is_file())
+
+
+def _with_shots(manager: Any, names: list[str], shots: dict[str, int]) -> list[Any]:
+    """Load each task or group and set its leaf tasks' shots (lm-eval takes one value per run)."""
+    objects: list[Any] = []
+    for name in names:
+        loaded = manager.load([name])
+        for task in loaded["tasks"].values():
+            task.set_config(key="num_fewshot", value=shots[name])
+        groups = loaded.get("groups", {})
+        objects.extend([groups[name]] if name in groups else loaded["tasks"].values())
+    return objects
+
+
+def _limit(limit: float | None) -> int | float | None:
+    if limit is not None and limit >= 1 and float(limit).is_integer():
+        return int(limit)
+    return limit
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the results
+
+
+_NOT_METRICS = {"alias", "name", "sample_len", "sample_count", "samples"}
+
+
+def summarize(results: dict[str, Any], suite: str | None = None) -> EvalSummary:
+    """The card's rows from lm-eval's output (`results.json`).
+
+    Suite tasks (run with the suite's shots) give the suite's metrics, named as the suite names
+    them; any other top-level task or group gives every metric lm-eval reports for it. Values and
+    standard errors are copied as they are; `"N/A"` errors become `None`.
+    """
+    if "results" not in results:
+        raise EvalError("not lm-eval output: there is no 'results' key")
+    specs: dict[str, list[TaskSpec]] = {}
+    for spec in suite_specs(suite) if suite else []:
+        specs.setdefault(spec.task, []).append(spec)
+    config = results.get("config") or {}
+    limit = config.get("limit")
+    n_shot = results.get("n-shot") or {}
+    reported = results["results"]
+    subtasks = {s for subs in (results.get("group_subtasks") or {}).values() for s in subs}
+    top = [name for name in reported if name not in subtasks]
+    order = list(specs) + [name for name in top if name not in specs]
+
+    rows: list[EvalRow] = []
+    for name in order:
+        if name not in reported:
+            continue
+        metrics = reported[name]
+        shots = n_shot.get(name)
+        matching = [s for s in specs.get(name, []) if shots is None or s.num_fewshot == shots]
+        if matching:
+            rows.extend(_spec_row(name, metrics, spec, shots, limit) for spec in matching)
+        else:
+            rows.extend(_plain_rows(name, metrics, shots, limit))
+    return EvalSummary(
+        rows=rows,
+        partial=limit is not None,
+        lm_eval_version=str(results.get("lm_eval_version", "")),
+        model_args=_model_args_text(config.get("model_args")),
+    )
+
+
+def _spec_row(
+    name: str, metrics: dict[str, Any], spec: TaskSpec, shots: int | None, limit: Any
+) -> EvalRow:
+    key = f"{spec.metric},{spec.filter}"
+    if not _is_number(metrics.get(key)):
+        found = ", ".join(k for k in metrics if k not in _NOT_METRICS and "_stderr," not in k)
+        raise EvalError(f"lm-eval results for '{name}' have no '{key}' (found: {found})")
+    return EvalRow(
+        task=name,
+        metric=spec.metric,
+        filter=spec.filter,
+        value=metrics[key],
+        stderr=_stderr(metrics, spec.metric, spec.filter),
+        num_fewshot=spec.num_fewshot if shots is None else shots,
+        limit=limit,
+        dataset_name=spec.dataset_name,
+        dataset_type=spec.dataset_type,
+        dataset_config=spec.dataset_config,
+        dataset_split=spec.dataset_split,
+        metric_name=spec.metric_name,
+        metric_type=spec.metric_type,
+    )
+
+
+def _plain_rows(name: str, metrics: dict[str, Any], shots: int | None, limit: Any) -> list[EvalRow]:
+    rows = []
+    for key, value in metrics.items():
+        metric, comma, filter_ = key.partition(",")
+        if key in _NOT_METRICS or not comma or "_stderr" in metric or not _is_number(value):
+            continue
+        rows.append(
+            EvalRow(
+                task=name,
+                metric=metric,
+                filter=filter_,
+                value=value,
+                stderr=_stderr(metrics, metric, filter_),
+                num_fewshot=shots,
+                limit=limit,
+            )
+        )
+    return rows
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _stderr(metrics: dict[str, Any], metric: str, filter_: str) -> float | None:
+    value = metrics.get(f"{metric}_stderr,{filter_}")
+    return value if _is_number(value) else None
+
+
+def _model_args_text(model_args: Any) -> str:
+    if isinstance(model_args, dict):
+        items = [(str(k), v) for k, v in model_args.items()]
+    elif isinstance(model_args, str) and model_args:
+        items = [tuple(part.split("=", 1)) for part in model_args.split(",") if "=" in part]
+    else:
+        return ""
+    return ",".join(f"{k}={v}" for k, v in items if "token" not in k.lower())
+
+
+def to_eval_results(summary: EvalSummary, model_name: str) -> list[EvalResult]:
+    """The summary as huggingface_hub `EvalResult`s, for the card's `model-index`.
+
+    `model_name` is the name the model-index will carry (e.g. the repo id); it must not be empty.
+    Values are the raw numbers lm-eval reported, so the card matches `results.json`. Tasks without
+    model-index names (local or unknown tasks) use the task name as dataset name and type. Shots go
+    in `dataset_args.num_few_shot`; a partial run also records its `limit` there.
+    """
+    if not model_name:
+        raise EvalError("`model_name` must be set to build model-index eval results")
+    source = f"{LM_EVAL_NAME} {summary.lm_eval_version}".strip()
+    out = []
+    for row in summary.rows:
+        args: dict[str, Any] = {}
+        if row.num_fewshot is not None:
+            args["num_few_shot"] = row.num_fewshot
+        if row.limit is not None:
+            args["limit"] = row.limit
+        out.append(
+            EvalResult(
+                task_type=TASK_TYPE,
+                task_name=TASK_NAME,
+                dataset_type=row.dataset_type or row.task,
+                dataset_name=row.dataset_name or row.task,
+                dataset_config=row.dataset_config,
+                dataset_split=row.dataset_split,
+                dataset_args=args or None,
+                metric_type=row.metric_type or row.metric,
+                metric_value=row.value,
+                metric_name=row.metric_name or _metric_label(row),
+                source_name=source,
+                source_url=LM_EVAL_URL,
+            )
+        )
+    return out
+
+
+def _metric_label(row: EvalRow) -> str:
+    return row.metric if row.filter == "none" else f"{row.metric} ({row.filter})"
