@@ -187,7 +187,7 @@ def cmd_card(args: argparse.Namespace) -> int:
     _out(f"wrote {path} and {path.parent / 'schedule.png'}")
     from publisher import actions
 
-    actions.write_summary(path.read_text(encoding="utf-8"))
+    actions.write_card_summary(path.read_text(encoding="utf-8"))
     return EXIT_OK
 
 
@@ -213,7 +213,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe)
     run_dir = Path(args.out) if args.out else default_run_dir(recipe)
     stages = parse_stages(args.stages)
-    if args.push and args.stages is None:
+    # Push when asked to, or when the recipe says so and the stages were not chosen by hand.
+    wants_push = args.push or (recipe.publish.push and args.stages is None and not args.no_push)
+    if wants_push and "push" not in stages:
         stages = (*stages, "push")
     options = RunOptions(
         device=args.device,
@@ -223,7 +225,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         eval_limit=args.eval_limit,
         eval_backend=args.eval_backend,
         templates_dir=Path(args.templates) if args.templates else None,
-        push=args.push,
+        push=wants_push,
         create_pr=args.create_pr,
         repo_id=args.repo_id,
         private=args.private,
@@ -245,7 +247,7 @@ def _report_run(run_dir: Path) -> None:
     _out(f"run directory: {run_dir.resolve()}")
     if card.exists():
         _out(f"model card:    {card.resolve()}")
-        actions.write_summary(card.read_text(encoding="utf-8"))
+        actions.write_card_summary(card.read_text(encoding="utf-8"))
     manifest = run_dir / "manifest.json"
     push = json.loads(manifest.read_text()).get("push") if manifest.exists() else None
     if push:
@@ -364,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--force", action="store_true", help="redo stages whose inputs are unchanged")
     p.add_argument("--push", action="store_true", help="push to the Hub after verify passed")
+    p.add_argument(
+        "--no-push", action="store_true", help="do not push even if the recipe sets publish.push"
+    )
     p.add_argument("--create-pr", action="store_true", help="push as a Hub pull request")
     p.add_argument("--repo-id", help="Hub repo to push to (default: the recipe's)")
     p.add_argument("--private", action="store_true", default=None, help="create the repo private")

@@ -52,7 +52,7 @@ class RunOptions:
         eval_limit: overrides the recipe's per-task sample limit, e.g. 100.
         eval_backend: `"hf"` or `"vllm"`.
         templates_dir: card templates to use instead of the recipe's or the default.
-        push: push after verify (also when the recipe's `publish.push` is true).
+        push: the caller asked for the push stage (kept in the manifest; `stages` decides).
         create_pr: push as a Hub pull request.
         repo_id: overrides the recipe's repo id for the push.
         private: create the repo private.
@@ -332,10 +332,15 @@ def _stage_smoke(ctx: RunContext) -> list[Path]:
     from publisher.smoke import SmokeError, run_smoke
 
     try:
-        report = run_smoke(ctx.run.merged, ctx.recipe.publish.smoke, device=ctx.options.device)
+        # run_dir: smoke.json is written whether the test passes or fails (for inspection).
+        report = run_smoke(
+            ctx.run.merged,
+            ctx.recipe.publish.smoke,
+            device=ctx.options.device,
+            run_dir=ctx.run.root,
+        )
     except SmokeError as exc:
         raise StageError("smoke", str(exc)) from None
-    report.write(ctx.run.smoke)
     for transcript in report.transcripts:
         ctx.log(
             f"  {transcript.user!r} -> {transcript.reply[:60]!r} "

@@ -72,7 +72,8 @@ def build_tokenizer(out_dir: Path, vocab_size: int):
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        # Only the corpus's own (ASCII) characters: a random model then "writes" readable
+        # fragments instead of stray bytes that decode to replacement characters.
         show_progress=False,
     )
     tokenizer.train_from_iterator(_CORPUS.splitlines(), trainer=trainer)

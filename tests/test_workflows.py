@@ -1,0 +1,275 @@
+"""The GitHub Actions workflows: triggers, inputs, permissions, pins, and the linters over them."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from publisher.cli import build_parser
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+GITHUB_DIR = REPO_ROOT / ".github"
+WORKFLOWS = GITHUB_DIR / "workflows"
+SETUP_ACTION = GITHUB_DIR / "actions" / "setup-publisher" / "action.yml"
+GPU_RUNS_ON = "${{ vars.PUBLISHER_GPU_RUNNER || 'gpu' }}"
+SHA_PIN = re.compile(r"^[\w.-]+/[\w.-]+(?:/[\w./-]+)?@[0-9a-f]{40}$")
+VERSION_COMMENT = re.compile(r"#\s*v\d+\.\d+\.\d+\s*$")
+# Write scopes, by workflow and job; everything else may only read.
+ALLOWED_WRITES = {
+    ("recipe-pr.yml", "comment"): {"pull-requests"},
+    ("publish.yml", "publish"): {"id-token"},
+}
+
+
+def load(path: Path) -> dict[str, Any]:
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    # YAML 1.1 reads the key `on` as True
+    if True in data:
+        data["on"] = data.pop(True)
+    return data
+
+
+WORKFLOW_FILES = sorted(WORKFLOWS.glob("*.yml"))
+
+
+@pytest.fixture(params=WORKFLOW_FILES, ids=lambda p: p.name)
+def workflow(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
+    return request.param.name, load(request.param)
+
+
+def steps_of(data: dict[str, Any]) -> list[dict[str, Any]]:
+    if "runs" in data:
+        return list(data["runs"].get("steps", []))
+    return [step for job in data["jobs"].values() for step in job.get("steps", [])]
+
+
+def all_files() -> list[tuple[str, dict[str, Any]]]:
+    return [(p.name, load(p)) for p in WORKFLOW_FILES] + [(SETUP_ACTION.name, load(SETUP_ACTION))]
+
+
+def test_the_three_workflows_exist() -> None:
+    assert {p.name for p in WORKFLOW_FILES} == {"ci.yml", "publish.yml", "recipe-pr.yml"}
+
+
+# ---------------------------------------------------------------------------------------------
+# triggers and inputs
+
+
+def test_recipe_pr_triggers() -> None:
+    on = load(WORKFLOWS / "recipe-pr.yml")["on"]
+    assert set(on) == {"pull_request"}  # never pull_request_target with the PR's code
+    assert on["pull_request"]["paths"] == ["recipes/**", "templates/**"]
+    assert "labeled" in on["pull_request"]["types"]
+    assert {"opened", "synchronize", "reopened"} <= set(on["pull_request"]["types"])
+
+
+def test_publish_triggers_and_inputs() -> None:
+    on = load(WORKFLOWS / "publish.yml")["on"]
+    assert set(on) == {"workflow_dispatch", "push"}
+    assert on["push"]["branches"] == ["main"]
+    assert on["push"]["paths"] == ["recipes/**", "templates/**"]
+    inputs = on["workflow_dispatch"]["inputs"]
+    assert set(inputs) == {"recipe", "push", "create_pr", "eval_suite", "eval_limit"}
+    assert inputs["recipe"]["required"] is True
+    assert inputs["push"]["type"] == "boolean" and inputs["push"]["default"] is False
+    assert inputs["create_pr"]["type"] == "boolean"
+    from publisher.recipe import EVAL_SUITES
+
+    assert set(inputs["eval_suite"]["options"]) == {"", *EVAL_SUITES}
+
+
+def test_ci_runs_tests_and_linters() -> None:
+    data = load(WORKFLOWS / "ci.yml")
+    assert {"push", "pull_request"} <= set(data["on"])
+    runs = "\n".join(s.get("run", "") for s in steps_of(data))
+    assert "bash .ci/run" in runs
+    assert "actionlint" in runs and "zizmor" in runs
+    assert "requirements-lint.txt" in runs
+
+
+# ---------------------------------------------------------------------------------------------
+# permissions and concurrency
+
+
+def test_permissions_are_empty_at_the_top_and_minimal_per_job(
+    workflow: tuple[str, dict[str, Any]],
+) -> None:
+    name, data = workflow
+    assert data["permissions"] == {}, f"{name}: top-level permissions must be {{}}"
+    for job_id, job in data["jobs"].items():
+        perms = job.get("permissions")
+        assert isinstance(perms, dict), f"{name}/{job_id}: needs its own permissions"
+        writes = {scope for scope, level in perms.items() if level == "write"}
+        assert writes == ALLOWED_WRITES.get((name, job_id), set()), f"{name}/{job_id}: {perms}"
+        assert set(perms.values()) <= {"read", "write"}
+
+
+def test_concurrency() -> None:
+    pr = load(WORKFLOWS / "recipe-pr.yml")
+    assert "github.event.pull_request.number" in pr["concurrency"]["group"]
+    assert pr["concurrency"]["cancel-in-progress"] is True
+    publish = load(WORKFLOWS / "publish.yml")["jobs"]["publish"]
+    assert "matrix.recipe" in publish["concurrency"]["group"]
+    assert publish["concurrency"]["cancel-in-progress"] is False  # never abandon a push
+
+
+# ---------------------------------------------------------------------------------------------
+# actions and scripts
+
+
+def test_actions_are_pinned_to_full_shas_with_a_version_comment() -> None:
+    files = [*WORKFLOW_FILES, SETUP_ACTION]
+    seen = 0
+    for path in files:
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            m = re.match(r"^\s*(?:-\s+)?uses:\s*(\S+)(.*)$", line)
+            if not m:
+                continue
+            seen += 1
+            ref, rest = m.groups()
+            if ref.startswith(("$/", "./")):
+                continue  # this repository's own action, at the running commit
+            assert SHA_PIN.match(ref), f"{path.name}:{number}: {ref} is not pinned to a SHA"
+            assert VERSION_COMMENT.search(rest), f"{path.name}:{number}: add '# vX.Y.Z'"
+    assert seen > 10
+
+
+def test_checkout_never_persists_credentials() -> None:
+    for name, data in all_files():
+        for step in steps_of(data):
+            if str(step.get("uses", "")).startswith("actions/checkout@"):
+                assert step["with"]["persist-credentials"] is False, name
+
+
+def test_no_expressions_inside_run_scripts() -> None:
+    """Inputs, event fields, matrix values reach scripts through `env:` only (no injection)."""
+    for name, data in all_files():
+        for step in steps_of(data):
+            script = step.get("run")
+            if script is not None:
+                assert "${{" not in script, f"{name}: step {step.get('name')!r} interpolates"
+
+
+def test_pull_request_jobs_get_no_secrets() -> None:
+    text = (WORKFLOWS / "recipe-pr.yml").read_text(encoding="utf-8")
+    assert not re.search(r"\bsecrets\.\w", text)
+    assert "pull_request_target" not in load(WORKFLOWS / "recipe-pr.yml")["on"]
+
+
+def test_gpu_jobs_use_the_runner_variable() -> None:
+    pr = load(WORKFLOWS / "recipe-pr.yml")["jobs"]["full-run"]
+    publish = load(WORKFLOWS / "publish.yml")["jobs"]["publish"]
+    assert pr["runs-on"] == publish["runs-on"] == GPU_RUNS_ON
+    assert "github.event.label.name == 'full-run'" in pr["if"]
+    lint_config = yaml.safe_load((GITHUB_DIR / "actionlint.yaml").read_text(encoding="utf-8"))
+    assert "gpu" in lint_config["self-hosted-runner"]["labels"]
+
+
+def test_publish_job_credentials_cache_and_outputs() -> None:
+    job = load(WORKFLOWS / "publish.yml")["jobs"]["publish"]
+    assert job["environment"]["name"] == "hub-publish"
+    run = next(s for s in job["steps"] if s.get("id") == "run")
+    assert run["env"]["HF_TOKEN"] == "${{ secrets.HF_TOKEN }}"
+    assert run["env"]["HF_OIDC_RESOURCE"] == "${{ vars.HF_OIDC_RESOURCE }}"
+    assert job["outputs"] == {
+        "repo_url": "${{ steps.run.outputs.repo_url }}",
+        "commit_sha": "${{ steps.run.outputs.commit_sha }}",
+        "pr_url": "${{ steps.run.outputs.pr_url }}",
+    }
+    cache = next(s for s in job["steps"] if str(s.get("uses", "")).startswith("actions/cache@"))
+    assert "hashFiles(steps.name.outputs.lock)" in cache["with"]["key"]
+    paths = cache["with"]["path"].split()
+    assert "~/.cache/huggingface" in paths
+    assert "!~/.cache/huggingface/token" in paths  # never a token in the cache
+
+
+def _publisher_commands(script: str) -> list[list[str]]:
+    """The `publisher ...` command lines of a script, with shell variables filled in."""
+    commands = []
+    for line in script.splitlines():
+        line = line.strip()
+        if not line.startswith("publisher "):
+            continue
+        words = shlex.split(line.replace('"${args[@]}"', ""))[1:]
+        commands.append([("recipes/x.yaml" if w.startswith("$") else w) for w in words])
+    return commands
+
+
+def test_publisher_commands_in_workflows_parse() -> None:
+    """Every `publisher` command line the workflows run is one the CLI accepts."""
+    from publisher.pipeline import parse_stages
+
+    parser = build_parser()
+    seen = set()
+    for _, data in all_files():
+        for step in steps_of(data):
+            for argv in _publisher_commands(step.get("run") or ""):
+                if argv[0].startswith("-"):
+                    continue  # publisher --version
+                args = parser.parse_args(argv)
+                seen.add(argv[0])
+                if argv[0] == "run" and args.stages:
+                    assert "push" not in parse_stages(args.stages)
+    assert {"changed", "validate", "plan", "card", "comment", "run"} <= seen
+    # the flags publish.yml adds to its argument array
+    parser.parse_args(
+        shlex.split(
+            "run recipes/x.yaml --device cuda --out runs/x --push --create-pr "
+            "--eval-suite tiny --eval-limit 10"
+        )
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# the linters
+
+
+def _tool(name: str) -> str | None:
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else shutil.which(name)
+
+
+def _lint_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in {"GH_TOKEN", "GITHUB_TOKEN"}}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def test_actionlint() -> None:
+    tool = _tool("actionlint")
+    if tool is None:
+        pytest.skip("actionlint is not installed: pip install -r .github/requirements-lint.txt")
+    done = subprocess.run(
+        [tool, "-color=false"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        env=_lint_env(),
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_zizmor() -> None:
+    tool = _tool("zizmor")
+    if tool is None:
+        pytest.skip("zizmor is not installed: pip install -r .github/requirements-lint.txt")
+    done = subprocess.run(
+        [tool, "--offline", "--persona", "pedantic", "--format", "plain", str(GITHUB_DIR)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        env=_lint_env(),
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "No findings to report" in done.stdout
