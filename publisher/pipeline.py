@@ -560,6 +560,14 @@ def run_pipeline(
         )
         log(f"[{number}/{len(stages)}] {stage}: done in {seconds:.1f}s")
         results.append(StageResult(stage, "ok", seconds))
+    stale = [
+        s for s in DEFAULT_STAGES if s not in stages and manifest.record(s) and not ctx.current(s)
+    ]
+    if stale:
+        log(
+            f"note: {', '.join(stale)} now describe older inputs; run them again "
+            f"(--stages {','.join(stale)}) before publishing"
+        )
     return results
 
 

@@ -1,0 +1,229 @@
+"""`publisher run` end to end on the tiny parents: real mergekit, transformers and lm-eval."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from huggingface_hub import ModelCard
+
+from publisher.cli import main
+
+RECIPE = """\
+slices:
+  - sources:
+      - model: {base}
+        layer_range: [0, 4]
+      - model: {other}
+        layer_range: [0, 4]
+merge_method: slerp
+base_model: {base}
+parameters:
+  t:
+    - filter: self_attn
+      value: [0, 0.5, 0.3, 0.7, 1]
+    - filter: mlp
+      value: [1, 0.5, 0.7, 0.3, 0]
+    - value: 0.5
+dtype: float32
+publish:
+  repo_id: tester/tiny-run
+  license: apache-2.0
+  smoke:
+    max_new_tokens: 8
+  eval:
+    tasks: [publisher_tiny_qa]
+    limit: 10
+"""
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_parents) -> tuple[Path, Path, str]:
+    """One complete run (recipe path, run dir, output), shared by the tests of this module."""
+    base, other = tiny_parents
+    root = tmp_path_factory.mktemp("pipeline")
+    recipe = root / "tiny-run.yaml"
+    recipe.write_text(RECIPE.replace("{base}", str(base)).replace("{other}", str(other)))
+    run_dir = root / "run"
+    capture = root / "first-run.log"
+    import contextlib
+    import io
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        code = main(["run", str(recipe), "--out", str(run_dir)])
+    capture.write_text(buffer.getvalue())
+    assert code == 0, buffer.getvalue()
+    return recipe, run_dir, buffer.getvalue()
+
+
+def copy_run(run_dir: Path, dest: Path) -> Path:
+    shutil.copytree(run_dir, dest)
+    return dest
+
+
+def layer_rows(card: str) -> dict[int, list[float]]:
+    rows = {}
+    for line in card.splitlines():
+        match = re.match(r"^\|\s*(\d+)\s*\|(.*)$", line)
+        if match:
+            rows.setdefault(
+                int(match.group(1)),
+                [float(v) for v in re.findall(r"\b\d\.\d{3}\b", match.group(2))],
+            )
+    return rows
+
+
+def test_run_writes_every_report(finished_run):
+    _, run_dir, output = finished_run
+    for name in (
+        "recipe.yaml",
+        "plan.json",
+        "merged/model.safetensors",
+        "smoke.json",
+        "eval/results.json",
+        "verify.json",
+        "README.md",
+        "schedule.png",
+        "manifest.json",
+    ):
+        assert (run_dir / name).exists(), name
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert [
+        manifest["stages"][s]["status"]
+        for s in ("plan", "merge", "smoke", "eval", "card", "verify")
+    ] == ["ok"] * 6
+    assert manifest["tool_versions"]["mergekit"] == "0.1.5"
+    assert "cpus" in manifest["hardware"]
+    assert str(run_dir.resolve()) in output  # says where the run and card are
+
+
+def test_card_table_equals_plan(finished_run):
+    _, run_dir, _ = finished_run
+    plan = json.loads((run_dir / "plan.json").read_text())
+    rows = layer_rows((run_dir / "README.md").read_text())
+    for layer in plan["layers"]:
+        expected = [round(layer["groups"][g], 3) for g in plan["groups"]]
+        assert rows[layer["index"]][: len(expected)] == expected
+
+
+def test_card_smoke_replies_equal_smoke_json(finished_run):
+    _, run_dir, _ = finished_run
+    card = (run_dir / "README.md").read_text()
+    smoke = json.loads((run_dir / "smoke.json").read_text())
+    assert smoke["passed"] and len(smoke["transcripts"]) == 2
+    for transcript in smoke["transcripts"]:
+        assert transcript["reply"].strip()
+        assert transcript["reply"] in card
+        assert transcript["user"] in card
+
+
+def test_card_eval_numbers_equal_results_json(finished_run):
+    _, run_dir, _ = finished_run
+    results = json.loads((run_dir / "eval" / "results.json").read_text())
+    task = results["results"]["publisher_tiny_qa"]
+    card = ModelCard((run_dir / "README.md").read_text())
+    values = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert values == {"acc": task["acc,none"], "acc_norm": task["acc_norm,none"]}
+    body = card.text
+    assert "partial" in body.lower()  # a run with a limit is labelled so
+    assert str(Path.home()) not in (run_dir / "eval" / "results.json").read_text()
+
+
+def test_second_run_skips_unchanged_stages_and_force_redoes_them(finished_run, capsys):
+    recipe, run_dir, _ = finished_run
+    card_before = (run_dir / "README.md").read_bytes()
+    assert main(["run", str(recipe), "--out", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("unchanged, skipped") == 6, out
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert {s["status"] for s in manifest["stages"].values()} == {"skipped"}
+    assert (run_dir / "README.md").read_bytes() == card_before
+
+    assert (
+        main(["run", str(recipe), "--out", str(run_dir), "--stages", "merge,smoke", "--force"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "skipped" not in out and out.count(": done in") == 2
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["stages"]["merge"]["status"] == "ok"
+
+
+def test_verify_catches_a_corrupted_tensor(finished_run, tmp_path, capsys):
+    recipe, run_dir, _ = finished_run
+    run = copy_run(run_dir, tmp_path / "run")
+    from safetensors.torch import load_file, save_file
+
+    weights = run / "merged" / "model.safetensors"
+    tensors = load_file(weights)
+    name = "model.layers.2.mlp.up_proj.weight"
+    tensors[name] = tensors[name] + 0.01 * tensors[name].abs().mean()
+    save_file(tensors, weights, metadata={"format": "pt"})
+    # The smoke and eval reports are now stale (they were of other weights), so the card is
+    # re-rendered without them and verify checks the weights against the plan.
+    assert main(["run", str(recipe), "--out", str(run), "--stages", "card,verify"]) == 1
+    err = capsys.readouterr().err
+    assert "stage 'verify' failed" in err and name in err
+    report = (
+        json.loads((run / "verify.json").read_text()) if (run / "verify.json").exists() else None
+    )
+    assert report is None or not report["passed"]
+
+
+def test_verify_catches_a_tampered_eval_number(finished_run, tmp_path, capsys):
+    recipe, run_dir, _ = finished_run
+    run = copy_run(run_dir, tmp_path / "run")
+    assert main(["run", str(recipe), "--out", str(run), "--stages", "card,verify"]) == 0
+    card = (run / "README.md").read_text()
+    acc = json.loads((run / "eval" / "results.json").read_text())["results"]["publisher_tiny_qa"][
+        "acc,none"
+    ]
+    tampered = card.replace(f"value: {acc}\n", "value: 0.99\n", 1)
+    assert tampered != card
+    (run / "README.md").write_text(tampered)
+    assert main(["run", str(recipe), "--out", str(run), "--stages", "verify"]) == 1
+    err = capsys.readouterr().err
+    assert "model-index" in err
+
+
+def test_verify_catches_tampered_results_json(finished_run, tmp_path):
+    _, run_dir, _ = finished_run
+    run = copy_run(run_dir, tmp_path / "run")
+    results_path = run / "eval" / "results.json"
+    results = json.loads(results_path.read_text())
+    results["results"]["publisher_tiny_qa"]["acc_norm,none"] = 0.123
+    results_path.write_text(json.dumps(results))
+    from publisher.parents import resolve_parents
+    from publisher.recipe import load_recipe
+    from publisher.rundir import RunDir
+    from publisher.verify import verify_run
+
+    recipe = load_recipe(run_dir.parent / "tiny-run.yaml")
+    dirs = {p.ref: Path(p.path) for p in resolve_parents(recipe)}
+    report = verify_run(RunDir(run), dirs)
+    assert not report.passed
+    assert any("model-index" in f for f in report.failures)
+
+
+def test_a_failing_stage_stops_the_run(finished_run, tmp_path, capsys):
+    recipe, run_dir, _ = finished_run
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(recipe.read_text().replace("[publisher_tiny_qa]", "[no_such_task_xyz]"))
+    out = tmp_path / "run"
+    assert main(["run", str(broken), "--out", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert "stage 'eval' failed" in captured.err and "no_such_task_xyz" in captured.err
+    assert "Traceback" not in captured.err + captured.out
+    assert not (out / "README.md").exists() and not (out / "verify.json").exists()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["stages"]["eval"]["status"] == "failed"
+    assert "card" not in manifest["stages"]
+
+
+def test_unknown_stage_is_a_clear_error(finished_run, capsys):
+    recipe, run_dir, _ = finished_run
+    assert main(["run", str(recipe), "--out", str(run_dir), "--stages", "merge,polish"]) == 1
+    assert "unknown stage(s) polish" in capsys.readouterr().err
