@@ -33,6 +33,8 @@ PARENT_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.jinja", "*.t
 PICKLE_PATTERNS = ["*.bin", "*.pt", "*.pth", "*.ckpt"]
 # Run-directory reports travel in the repo under this folder (provenance for readers).
 REPORTS_DIR = "publisher"
+# Files that differ on every run (timings, statuses) without the published content changing.
+VOLATILE = {f"{REPORTS_DIR}/manifest.json"}
 
 
 class HubError(Exception):
@@ -108,6 +110,7 @@ def with_retries(
     Only for calls that are safe to repeat: reads, repo creation with `exist_ok`, uploads of
     content-addressed LFS objects, and commits guarded by `parent_commit`.
     """
+    delays = RETRY_DELAYS if delays is None else delays
     for attempt in range(len(delays) + 1):
         try:
             return call()
@@ -327,7 +330,8 @@ def push_run(
         if name not in remote or not _matches(remote[name], path, local_sha[name])
     ]
     stale = [name for name in remote if name not in files and _managed(name)]
-    if not changed and not stale:
+    if not [n for n in changed if n not in VOLATILE] and not stale:
+        # Only the manifest (timings, statuses) differs: the published content is the same.
         log(f"  {repo_id}@{branch} already holds this run ({head[:12]}): nothing to push")
         return PushResult(repo_id, repo_url, head, None, False, 0, 0)
 

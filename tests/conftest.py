@@ -36,3 +36,65 @@ def write_recipe(tmp_path: Path, tiny_parents: tuple[Path, Path]):
         return path
 
     return write
+
+
+TINY_RUN_RECIPE = """\
+slices:
+  - sources:
+      - model: {base}
+        layer_range: [0, 4]
+      - model: {other}
+        layer_range: [0, 4]
+merge_method: slerp
+base_model: {base}
+parameters:
+  t:
+    - filter: self_attn
+      value: [0, 0.5, 0.3, 0.7, 1]
+    - filter: mlp
+      value: [1, 0.5, 0.7, 0.3, 0]
+    - value: 0.5
+dtype: float32
+publish:
+  repo_id: tester/tiny-run
+  license: apache-2.0
+  smoke:
+    max_new_tokens: 8
+  eval:
+    tasks: [publisher_tiny_qa]
+    limit: 10
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_parents) -> tuple[Path, Path, str]:
+    """One complete, verified `publisher run` of a tiny recipe: (recipe, run dir, stdout).
+
+    Shared by the whole session: tests that change a run work on a copy (`copy_run`).
+    """
+    import contextlib
+    import io
+
+    from publisher.cli import main
+
+    base, other = tiny_parents
+    root = tmp_path_factory.mktemp("tiny-run")
+    recipe = root / "tiny-run.yaml"
+    recipe.write_text(TINY_RUN_RECIPE.replace("{base}", str(base)).replace("{other}", str(other)))
+    run_dir = root / "run"
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        code = main(["run", str(recipe), "--out", str(run_dir)])
+    assert code == 0, buffer.getvalue()
+    return recipe, run_dir, buffer.getvalue()
+
+
+@pytest.fixture
+def copy_run(tmp_path: Path):
+    """Copy a run directory to where a test may change it: `copy_run(run_dir) -> Path`."""
+    import shutil
+
+    def copy(run_dir: Path, name: str = "run") -> Path:
+        return Path(shutil.copytree(run_dir, tmp_path / name))
+
+    return copy

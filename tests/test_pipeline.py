@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -12,57 +11,10 @@ from huggingface_hub import ModelCard
 
 from publisher.cli import main
 
-RECIPE = """\
-slices:
-  - sources:
-      - model: {base}
-        layer_range: [0, 4]
-      - model: {other}
-        layer_range: [0, 4]
-merge_method: slerp
-base_model: {base}
-parameters:
-  t:
-    - filter: self_attn
-      value: [0, 0.5, 0.3, 0.7, 1]
-    - filter: mlp
-      value: [1, 0.5, 0.7, 0.3, 0]
-    - value: 0.5
-dtype: float32
-publish:
-  repo_id: tester/tiny-run
-  license: apache-2.0
-  smoke:
-    max_new_tokens: 8
-  eval:
-    tasks: [publisher_tiny_qa]
-    limit: 10
-"""
 
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, tiny_parents) -> tuple[Path, Path, str]:
-    """One complete run (recipe path, run dir, output), shared by the tests of this module."""
-    base, other = tiny_parents
-    root = tmp_path_factory.mktemp("pipeline")
-    recipe = root / "tiny-run.yaml"
-    recipe.write_text(RECIPE.replace("{base}", str(base)).replace("{other}", str(other)))
-    run_dir = root / "run"
-    capture = root / "first-run.log"
-    import contextlib
-    import io
-
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer):
-        code = main(["run", str(recipe), "--out", str(run_dir)])
-    capture.write_text(buffer.getvalue())
-    assert code == 0, buffer.getvalue()
-    return recipe, run_dir, buffer.getvalue()
-
-
-def copy_run(run_dir: Path, dest: Path) -> Path:
-    shutil.copytree(run_dir, dest)
-    return dest
+@pytest.fixture
+def finished_run(tiny_run):
+    return tiny_run
 
 
 def layer_rows(card: str) -> dict[int, list[float]]:
@@ -133,8 +85,11 @@ def test_card_eval_numbers_equal_results_json(finished_run):
     assert str(Path.home()) not in (run_dir / "eval" / "results.json").read_text()
 
 
-def test_second_run_skips_unchanged_stages_and_force_redoes_them(finished_run, capsys):
-    recipe, run_dir, _ = finished_run
+def test_second_run_skips_unchanged_stages_and_force_redoes_them(
+    finished_run, tmp_path, capsys, copy_run
+):
+    recipe, original, _ = finished_run
+    run_dir = copy_run(original)
     card_before = (run_dir / "README.md").read_bytes()
     assert main(["run", str(recipe), "--out", str(run_dir)]) == 0
     out = capsys.readouterr().out
@@ -152,9 +107,9 @@ def test_second_run_skips_unchanged_stages_and_force_redoes_them(finished_run, c
     assert manifest["stages"]["merge"]["status"] == "ok"
 
 
-def test_verify_catches_a_corrupted_tensor(finished_run, tmp_path, capsys):
+def test_verify_catches_a_corrupted_tensor(finished_run, tmp_path, capsys, copy_run):
     recipe, run_dir, _ = finished_run
-    run = copy_run(run_dir, tmp_path / "run")
+    run = copy_run(run_dir)
     from safetensors.torch import load_file, save_file
 
     weights = run / "merged" / "model.safetensors"
@@ -173,9 +128,9 @@ def test_verify_catches_a_corrupted_tensor(finished_run, tmp_path, capsys):
     assert report is None or not report["passed"]
 
 
-def test_verify_catches_a_tampered_eval_number(finished_run, tmp_path, capsys):
+def test_verify_catches_a_tampered_eval_number(finished_run, tmp_path, capsys, copy_run):
     recipe, run_dir, _ = finished_run
-    run = copy_run(run_dir, tmp_path / "run")
+    run = copy_run(run_dir)
     assert main(["run", str(recipe), "--out", str(run), "--stages", "card,verify"]) == 0
     card = (run / "README.md").read_text()
     acc = json.loads((run / "eval" / "results.json").read_text())["results"]["publisher_tiny_qa"][
@@ -189,9 +144,9 @@ def test_verify_catches_a_tampered_eval_number(finished_run, tmp_path, capsys):
     assert "model-index" in err
 
 
-def test_verify_catches_tampered_results_json(finished_run, tmp_path):
+def test_verify_catches_tampered_results_json(finished_run, tmp_path, copy_run):
     _, run_dir, _ = finished_run
-    run = copy_run(run_dir, tmp_path / "run")
+    run = copy_run(run_dir)
     results_path = run / "eval" / "results.json"
     results = json.loads(results_path.read_text())
     results["results"]["publisher_tiny_qa"]["acc_norm,none"] = 0.123
@@ -223,7 +178,8 @@ def test_a_failing_stage_stops_the_run(finished_run, tmp_path, capsys):
     assert "card" not in manifest["stages"]
 
 
-def test_unknown_stage_is_a_clear_error(finished_run, capsys):
-    recipe, run_dir, _ = finished_run
+def test_unknown_stage_is_a_clear_error(finished_run, tmp_path, capsys):
+    recipe, _, _ = finished_run
+    run_dir = tmp_path / "run"
     assert main(["run", str(recipe), "--out", str(run_dir), "--stages", "merge,polish"]) == 1
     assert "unknown stage(s) polish" in capsys.readouterr().err

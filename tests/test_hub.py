@@ -1,0 +1,270 @@
+"""Publishing with the real huggingface_hub client against the local Hub-compatible server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import requests
+from huggingface_hub import HfApi, snapshot_download
+
+from publisher import hub as hub_module
+from publisher.cli import main
+from publisher.hub import HubError, push_run, run_files
+from publisher.hubserver import LocalHub, hub_client_env
+
+TOKEN = "hf_sentinel_do_not_print_4242"
+REPO = "tester/tiny-run"
+
+
+@pytest.fixture
+def local_hub(tmp_path, monkeypatch):
+    """A local Hub (accepting only TOKEN) with huggingface_hub pointed at it; fast retries."""
+    monkeypatch.setattr(hub_module, "RETRY_DELAYS", (0.05, 0.1, 0.2))
+    with (
+        LocalHub(tmp_path / "hub-data", token=TOKEN, user="tester") as server,
+        hub_client_env(server.endpoint, token=TOKEN, hf_home=tmp_path / "hf-home"),
+    ):
+        yield server
+
+
+def quiet(_: str) -> None:
+    return None
+
+
+def test_push_then_download_is_byte_identical(tiny_run, local_hub, tmp_path):
+    _, run_dir, _ = tiny_run
+    result = push_run(run_dir, REPO, log=quiet)
+    assert result.changed and result.commit_sha
+    assert HfApi().model_info(REPO).sha == result.commit_sha
+    local = Path(snapshot_download(REPO, revision=result.commit_sha, cache_dir=tmp_path / "dl"))
+    expected = run_files(run_dir)
+    assert (
+        "model.safetensors" in expected and "README.md" in expected and "schedule.png" in expected
+    )
+    assert "publisher/eval_results.json" in expected and "publisher/recipe.yaml" in expected
+    got = {p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()}
+    assert got - {".gitattributes"} == set(expected)  # the Hub creates .gitattributes
+    for name, path in expected.items():
+        assert (local / name).read_bytes() == path.read_bytes(), name
+    commits = HfApi().list_repo_commits(REPO)
+    assert len(commits) == 2  # the repo's initial commit and exactly one commit of the run
+    assert "recipe sha256" in commits[0].title
+
+
+def test_second_push_makes_no_commit_and_sends_no_weights(tiny_run, local_hub):
+    _, run_dir, _ = tiny_run
+    first = push_run(run_dir, REPO, log=quiet)
+    local_hub.stats.reset()
+    second = push_run(run_dir, REPO, log=quiet)
+    assert not second.changed and second.commit_sha == first.commit_sha
+    assert local_hub.stats.lfs_bytes_uploaded == 0
+    assert local_hub.stats.commits == []
+    assert HfApi().model_info(REPO).sha == first.commit_sha
+
+
+def test_create_pr_leaves_main_untouched(tiny_run, local_hub):
+    _, run_dir, _ = tiny_run
+    api = HfApi()
+    api.create_repo(REPO)
+    main_before = api.model_info(REPO).sha
+    result = push_run(run_dir, REPO, create_pr=True, log=quiet)
+    assert result.pr_url and result.pr_url.endswith("/discussions/1")
+    assert api.model_info(REPO).sha == main_before
+    assert "model.safetensors" not in api.list_repo_files(REPO)
+    pr_files = api.list_repo_files(REPO, revision="refs/pr/1")
+    assert "model.safetensors" in pr_files and "README.md" in pr_files
+    refs = api.list_repo_refs(REPO, include_pull_requests=True)
+    assert [r.ref for r in refs.pull_requests] == ["refs/pr/1"]
+
+
+@pytest.mark.parametrize("fault", ["500", "429", "drop"])
+def test_transient_upload_failures_are_retried(tiny_run, local_hub, fault):
+    _, run_dir, _ = tiny_run
+    rule = local_hub.faults.add("PUT", r"/info/lfs/objects/", fault, times=1)
+    messages: list[str] = []
+    result = push_run(run_dir, REPO, log=messages.append)
+    assert rule.fired == 1
+    assert result.changed
+    local = HfApi().hf_hub_download(REPO, "model.safetensors")
+    assert Path(local).read_bytes() == (run_dir / "merged" / "model.safetensors").read_bytes()
+
+
+def test_failed_commit_leaves_the_repo_as_it_was(tiny_run, local_hub):
+    _, run_dir, _ = tiny_run
+    api = HfApi()
+    api.create_repo(REPO)
+    before = api.model_info(REPO).sha
+    local_hub.faults.add("POST", r"/commit/", "500", times=100)
+    with pytest.raises(HubError) as err:
+        push_run(run_dir, REPO, log=quiet)
+    assert "left as it was" in str(err.value) or "unchanged" in str(err.value)
+    local_hub.faults.clear()
+    assert api.model_info(REPO).sha == before
+    assert "model.safetensors" not in api.list_repo_files(REPO)
+
+
+def test_concurrent_commit_between_read_and_write_is_detected(tiny_run, local_hub):
+    _, run_dir, _ = tiny_run
+    api = HfApi()
+    api.create_repo(REPO)
+
+    def race(message: str) -> None:
+        # Runs after push_run read the repo's head and before it commits: someone else commits.
+        if message.strip().startswith("pushing"):
+            api.upload_file(
+                path_or_fileobj=b"someone else's change\n", path_in_repo="NOTES.md", repo_id=REPO
+            )
+
+    with pytest.raises(HubError) as err:
+        push_run(run_dir, REPO, log=race)
+    assert "changed while pushing" in str(err.value)
+    files = api.list_repo_files(REPO)
+    assert "NOTES.md" in files and "model.safetensors" not in files
+
+
+def test_sentinel_token_appears_nowhere(tiny_run, local_hub, copy_run, capsys, monkeypatch):
+    recipe, original, _ = tiny_run
+    run_dir = copy_run(original)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    summary = run_dir.parent / "summary.md"
+    outputs = run_dir.parent / "outputs.txt"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    monkeypatch.setenv("GITHUB_OUTPUT", str(outputs))
+    assert main(["run", str(recipe), "--out", str(run_dir), "--push"]) == 0
+    captured = capsys.readouterr()
+    text = captured.out + captured.err
+    # The only place the token may appear is the runner's mask command, which hides it.
+    leftover = text.replace(f"::add-mask::{TOKEN}", "").replace(f"::add-mask ::{TOKEN}", "")
+    assert TOKEN not in leftover
+    assert "published:" in text
+    for path in [*run_dir.rglob("*"), summary, outputs]:
+        if path.is_file():
+            assert TOKEN.encode() not in path.read_bytes(), path
+    assert "repo_url" in outputs.read_text()
+    for name in HfApi().list_repo_files(REPO):
+        assert TOKEN.encode() not in Path(HfApi().hf_hub_download(REPO, name)).read_bytes()
+
+
+def test_card_with_broken_metadata_is_refused_before_any_upload(tiny_run, local_hub, copy_run):
+    _, original, _ = tiny_run
+    run_dir = copy_run(original)
+    card = (run_dir / "README.md").read_text()
+    (run_dir / "README.md").write_text(
+        card.replace("license: apache-2.0", "license: [not, valid]", 1)
+    )
+    local_hub.stats.reset()
+    with pytest.raises(HubError) as err:
+        push_run(run_dir, REPO, log=quiet)
+    assert "nothing was uploaded" in str(err.value)
+    assert len(local_hub.stats.requests) == 0
+    assert not HfApi().repo_exists(REPO)
+
+
+def test_unverified_run_is_refused(tiny_run, local_hub, copy_run):
+    _, original, _ = tiny_run
+    run_dir = copy_run(original)
+    report = json.loads((run_dir / "verify.json").read_text())
+    report["passed"] = False
+    (run_dir / "verify.json").write_text(json.dumps(report))
+    with pytest.raises(HubError, match="did not pass"):
+        push_run(run_dir, REPO, log=quiet)
+    assert not HfApi().repo_exists(REPO)
+
+
+def test_model_page_shows_the_card(tiny_run, local_hub):
+    _, run_dir, _ = tiny_run
+    push_run(run_dir, REPO, log=quiet)
+    page = requests.get(f"{local_hub.endpoint}/{REPO}", timeout=30)
+    assert page.status_code == 200
+    html = page.text
+    plan = json.loads((run_dir / "plan.json").read_text())
+    assert "<table" in html
+    assert f"{plan['layers'][1]['groups']['self_attn']:.3f}" in html
+    assert "schedule.png" in html and "<img" in html
+    acc = json.loads((run_dir / "eval" / "results.json").read_text())["results"][
+        "publisher_tiny_qa"
+    ]["acc,none"]
+    assert str(acc) in html
+    image = requests.get(f"{local_hub.endpoint}/{REPO}/resolve/main/schedule.png", timeout=30)
+    assert image.content == (run_dir / "schedule.png").read_bytes()
+
+
+def test_push_command_reports_urls(tiny_run, local_hub, capsys):
+    _, run_dir, _ = tiny_run
+    assert main(["push", str(run_dir), "--repo-id", REPO]) == 0
+    out = capsys.readouterr().out
+    assert f"{local_hub.endpoint}/{REPO}" in out
+
+
+def test_parents_are_downloaded_at_their_locked_commit(tiny_parents, local_hub, tmp_path):
+    from publisher.hub import fetch_parents
+    from publisher.parents import lock_parents, resolve_parents, write_lock
+    from publisher.recipe import load_recipe
+
+    api = HfApi()
+    ids = []
+    for path in tiny_parents:
+        repo = f"tester/{path.name}"
+        api.create_repo(repo)
+        api.upload_folder(folder_path=str(path), repo_id=repo)
+        ids.append(repo)
+    first_sha = api.model_info(ids[0]).sha
+    recipe_path = tmp_path / "hub-recipe.yaml"
+    recipe_path.write_text(f"""\
+models:
+  - model: {ids[0]}
+  - model: {ids[1]}
+merge_method: slerp
+base_model: {ids[0]}
+parameters:
+  t: 0.5
+""")
+    recipe = load_recipe(recipe_path)
+    write_lock(recipe, lock_parents(recipe, online=True))
+    lock = json.loads(recipe.lock_path.read_text())
+    assert lock["parents"][ids[0]]["revision"] == first_sha
+    # A later commit to the parent does not change what the run uses.
+    api.upload_file(path_or_fileobj=b"later\n", path_in_repo="LATER.md", repo_id=ids[0])
+    parents = resolve_parents(recipe)
+    dirs = fetch_parents(recipe, parents, log=quiet)
+    assert not (dirs[ids[0]] / "LATER.md").exists()
+    assert (dirs[ids[0]] / "model.safetensors").read_bytes() == (
+        tiny_parents[0] / "model.safetensors"
+    ).read_bytes()
+    assert not list(dirs[ids[0]].glob("*.md"))  # only config, tokenizer and weights
+
+
+def test_pickle_only_parent_is_refused(tiny_parents, local_hub, tmp_path):
+    from publisher.hub import fetch_parents
+    from publisher.parents import lock_parents, write_lock
+    from publisher.recipe import load_recipe
+
+    api = HfApi()
+    repo = "tester/pickled"
+    api.create_repo(repo)
+    api.upload_file(
+        path_or_fileobj=str(tiny_parents[0] / "config.json"),
+        path_in_repo="config.json",
+        repo_id=repo,
+    )
+    api.upload_file(
+        path_or_fileobj=b"not really a pickle", path_in_repo="pytorch_model.bin", repo_id=repo
+    )
+    recipe_path = tmp_path / "pickled.yaml"
+    recipe_path.write_text(f"""\
+models:
+  - model: {repo}
+  - model: {tiny_parents[1]}
+merge_method: slerp
+base_model: {repo}
+parameters:
+  t: 0.5
+""")
+    recipe = load_recipe(recipe_path)
+    parents = lock_parents(recipe, online=True)
+    write_lock(recipe, parents)
+    with pytest.raises(HubError, match="allow_pickle"):
+        fetch_parents(recipe, parents, log=quiet)
