@@ -299,9 +299,18 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def cmd_hub_serve(args: argparse.Namespace) -> int:
-    from publisher.hubserver import main_serve
+    from publisher.hubserver import DEFAULT_USER, serve
+    from publisher.hubserver.server import TOKEN_ENV
 
-    main_serve(args.host, args.port, Path(args.data))
+    # The accepted token comes from the environment, never from the command line (shell history).
+    serve(
+        args.host,
+        args.port,
+        Path(args.data),
+        token=os.environ.get(TOKEN_ENV) or None,
+        user=args.user or DEFAULT_USER,
+        test_api=args.test_api,
+    )
     return EXIT_OK
 
 
@@ -392,6 +401,12 @@ def build_parser() -> argparse.ArgumentParser:
     hp.add_argument("--host", default="127.0.0.1")
     hp.add_argument("--port", type=int, default=8808)
     hp.add_argument("--data", default="build/hub-data", help="where repos are stored")
+    hp.add_argument("--user", help="the user name whoami answers (default: publisher-demo)")
+    hp.add_argument(
+        "--test-api",
+        action="store_true",
+        help="serve /_publisher/faults and /_publisher/stats (fault injection)",
+    )
     hp.set_defaults(func=cmd_hub_serve)
     _add_common(hp)
 

@@ -381,7 +381,13 @@ def push_run(
             log,
         )
     except HfHubHTTPError as exc:
-        if _status_of(exc) in (409, 412):
+        if _status_of(exc) in (409, 412) and not create_pr:
+            # A retried commit whose first attempt landed (its answer was lost) also meets a
+            # moved head: then the repo already holds exactly this run, which is success.
+            landed = _landed(api, repo_id, branch, files, local_sha, log)
+            if landed is not None:
+                log(f"  the commit had landed before the connection dropped: {landed[:12]}")
+                return PushResult(repo_id, repo_url, landed, None, True, len(operations), 0)
             raise HubError(
                 f"{repo_id}@{branch} changed while pushing (someone else committed); "
                 "the repo was left as it was. Run the push again to publish on top of "
@@ -400,6 +406,26 @@ def push_run(
     commit_sha = getattr(info, "oid", None) or ""
     log(f"  committed {commit_sha[:12]}" + (f", pull request {pr_url}" if pr_url else ""))
     return PushResult(repo_id, repo_url, commit_sha, pr_url, True, len(operations), uploaded)
+
+
+def _landed(
+    api: Any,
+    repo_id: str,
+    branch: str,
+    files: dict[str, Path],
+    local_sha: dict[str, str],
+    log: Callable[[str], None],
+) -> str | None:
+    """The head commit if `branch` now holds exactly `files`, else None."""
+    head = with_retries("read repo", lambda: api.model_info(repo_id, revision=branch), log).sha
+    remote = _remote_files(api, repo_id, branch, log)
+    differs = [
+        name
+        for name, path in files.items()
+        if name not in VOLATILE
+        and (name not in remote or not _matches(remote[name], path, local_sha[name]))
+    ]
+    return None if differs else head
 
 
 def _managed(name: str) -> bool:

@@ -268,3 +268,26 @@ parameters:
     write_lock(recipe, parents)
     with pytest.raises(HubError, match="allow_pickle"):
         fetch_parents(recipe, parents, log=quiet)
+
+
+def test_commit_whose_answer_is_lost_is_not_reported_as_a_conflict(tiny_run, local_hub):
+    _, run_dir, _ = tiny_run
+    api = HfApi()
+    api.create_repo(REPO)
+    # The commit lands on the server, then the connection drops before the client hears back;
+    # the retry meets a moved head, finds the run already there, and reports success.
+    rule = local_hub.faults.add("POST", r"/commit/", "drop_after", times=1)
+    result = push_run(run_dir, REPO, log=quiet)
+    assert rule.fired == 1
+    assert result.changed
+    assert len(local_hub.stats.commits) == 1
+    assert api.model_info(REPO).sha == result.commit_sha
+    assert "model.safetensors" in api.list_repo_files(REPO)
+
+
+def test_dropped_commit_is_retried(tiny_run, local_hub):
+    _, run_dir, _ = tiny_run
+    rule = local_hub.faults.add("POST", r"/commit/", "drop", times=1)
+    result = push_run(run_dir, REPO, log=quiet)
+    assert rule.fired == 1 and result.changed
+    assert "README.md" in HfApi().list_repo_files(REPO)
