@@ -16,7 +16,7 @@ demo: $(STAMP)
 	$(VENV)/bin/publisher demo
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check publisher tests bench
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
