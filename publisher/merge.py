@@ -50,27 +50,22 @@ def merge_request_for(recipe: Recipe, device: str | None = None) -> MergeRequest
     )
 
 
+# config.json fields two SLERP parents must agree on, and what to tell the user when they don't.
+_MUST_MATCH = (
+    ("architectures", "architectures", "SLERP needs two models of the same architecture"),
+    ("vocab_size", "vocabulary sizes", "merge parents that share a tokenizer"),
+    ("hidden_size", "hidden sizes", "SLERP needs tensors of the same shape"),
+)
+
+
 def check_parents_compatible(parents: list[ParentInfo], local_dirs: dict[str, Path]) -> None:
     """Refuse parents that mergekit would merge into nonsense: other architectures or vocabularies."""
     configs = {p.ref: json.loads((local_dirs[p.ref] / "config.json").read_text()) for p in parents}
-    archs = {ref: tuple(cfg.get("architectures") or ()) for ref, cfg in configs.items()}
-    if len(set(archs.values())) > 1:
-        listing = ", ".join(f"{ref}: {'/'.join(a) or '?'}" for ref, a in archs.items())
-        raise MergeError(
-            f"the parents have different architectures ({listing}); SLERP needs "
-            "two models of the same architecture"
-        )
-    vocab = {ref: cfg.get("vocab_size") for ref, cfg in configs.items()}
-    if len(set(vocab.values())) > 1:
-        listing = ", ".join(f"{ref}: {v}" for ref, v in vocab.items())
-        raise MergeError(
-            f"the parents have different vocabulary sizes ({listing}); merge "
-            "parents that share a tokenizer"
-        )
-    hidden = {ref: cfg.get("hidden_size") for ref, cfg in configs.items()}
-    if len(set(hidden.values())) > 1:
-        listing = ", ".join(f"{ref}: {v}" for ref, v in hidden.items())
-        raise MergeError(f"the parents have different hidden sizes ({listing})")
+    for key, what, hint in _MUST_MATCH:
+        values = {ref: json.dumps(cfg.get(key)) for ref, cfg in configs.items()}
+        if len(set(values.values())) > 1:
+            listing = ", ".join(f"{ref}: {value}" for ref, value in values.items())
+            raise MergeError(f"the parents have different {what} ({listing}); {hint}")
 
 
 def run_merge_stage(

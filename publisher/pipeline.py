@@ -286,8 +286,9 @@ def _verify_inputs(ctx: RunContext) -> str:
 
 
 def _push_inputs(ctx: RunContext) -> str:
-    # Pushing is never skipped by the pipeline: the Hub itself says whether anything changed.
-    return hash_inputs("push", time.time())
+    # Recorded for the manifest only: pushing is never skipped here, because the Hub itself
+    # says whether anything changed (an unchanged run makes no commit).
+    return hash_inputs("push", ctx.run.verify, ctx.run.card)
 
 
 def _templates_dir(ctx: RunContext) -> Path | None:
