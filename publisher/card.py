@@ -366,17 +366,19 @@ def build_card_data(inputs: CardInputs) -> ModelCardData:
     `EvalResult`s).
     """
     recipe, plan = inputs.recipe, inputs.plan
+    # The Hub accepts only model ids in `base_model`; local parents are named in the body.
+    hub_ids = [_base_model_id(p) for p in plan.parents if p.source == "hub"]
     try:
         return ModelCardData(
             license=choose_license(recipe, plan.parents),
-            base_model=[_base_model_id(p) for p in plan.parents],
+            base_model=hub_ids or None,
             tags=[*BASE_TAGS, *recipe.publish.tags],
             library_name="transformers",
             pipeline_tag="text-generation",
             language=list(recipe.publish.language) or None,
             model_name=recipe.repo_id,
             eval_results=list(inputs.eval_results) if inputs.eval_results else None,
-            base_model_relation="merge",
+            base_model_relation="merge" if hub_ids else None,
         )
     except ValueError as exc:
         raise CardError(
@@ -386,12 +388,25 @@ def build_card_data(inputs: CardInputs) -> ModelCardData:
 
 
 def _base_model_id(parent: ParentInfo) -> str:
-    # A Hub id without its '@revision'; a local parent as the recipe writes it.
-    return parent.ref.partition("@")[0] if parent.source == "hub" else parent.ref
+    # A Hub id without its '@revision'.
+    return parent.ref.partition("@")[0]
 
 
 # ---------------------------------------------------------------------------------------------
 # Validation
+
+
+def _is_hub_model_id(value: object) -> bool:
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if not isinstance(value, str) or not value:
+        return False
+    try:
+        validate_repo_id(value)
+    except HFValidationError:
+        return False
+    return True
 
 
 def validate_card(text: str) -> ModelCard:
@@ -424,13 +439,25 @@ def validate_card(text: str) -> ModelCard:
     if not isinstance(license_id, str) or license_id not in HUB_LICENSES:
         problems.append(f"license {license_id!r} is not a Hub license id (e.g. apache-2.0, other)")
     base_model = raw.get("base_model")
-    if not base_model or not (
-        isinstance(base_model, str)
-        or (isinstance(base_model, list) and all(isinstance(b, str) and b for b in base_model))
-    ):
-        problems.append(f"base_model {base_model!r} must list the parents' ids")
-    if raw.get("base_model_relation") != "merge":
-        problems.append(f"base_model_relation is {raw.get('base_model_relation')!r}, not 'merge'")
+    if base_model is None:
+        # Allowed only when no parent is on the Hub; then there is nothing to relate to either.
+        if "base_model_relation" in raw:
+            problems.append("base_model_relation is set but base_model is missing")
+    else:
+        ids = [base_model] if isinstance(base_model, str) else base_model
+        if not isinstance(ids, list) or not ids:
+            problems.append(f"base_model {base_model!r} must list the parents' Hub ids")
+        else:
+            problems.extend(
+                f"base_model entry {entry!r} is not a Hub model id (org/name); local "
+                "parents belong in the card body, not the metadata"
+                for entry in ids
+                if not _is_hub_model_id(entry)
+            )
+        if raw.get("base_model_relation") != "merge":
+            problems.append(
+                f"base_model_relation is {raw.get('base_model_relation')!r}, not 'merge'"
+            )
     tags = raw.get("tags")
     if not isinstance(tags, list) or "merge" not in tags:
         problems.append(f"tags {tags!r} must be a list that includes 'merge'")
@@ -685,6 +712,13 @@ def build_view(inputs: CardInputs, data: ModelCardData, notes: str = DEFAULT_NOT
                 f"Parent {p.name} is not pinned to a revision: {p.note or 'unresolved'}."
                 for p in parents
                 if not p.resolved
+            ),
+            *(
+                f"Parent `{p.ref}` is a local directory, so the card's `base_model` metadata "
+                "leaves it out and the Hub cannot link it; publish it to the Hub and reference "
+                "it by repo id to fix this."
+                for p in plan.parents
+                if p.source == "local"
             ),
             *recipe.warnings,
             *inputs.extra_warnings,

@@ -28,7 +28,8 @@ class MergeRequest:
         device: `"cpu"` or `"cuda"` (mergekit's `cuda` option).
         lazy_unpickle: mergekit's experimental lazy unpickler (low memory for `.bin` parents).
         low_cpu_memory: keep results on the accelerator (VRAM > RAM).
-        out_shard_size: parameters per output shard, e.g. `"5B"` or 1_000_000.
+        out_shard_size: bytes per output shard, e.g. `"5B"` or 1_000_000 (mergekit's help
+            says parameters, but its writer compares the value with tensor bytes).
         quiet: suppress mergekit's progress bars.
     """
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -71,8 +72,63 @@ def _is_local(ref: str, recipe_dir: Path) -> Path | None:
     return candidate.resolve() if candidate.is_dir() else None
 
 
+def _hash_cache_file() -> Path:
+    root = os.environ.get("PUBLISHER_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "publisher"
+    )
+    return Path(root) / "file-sha256.json"
+
+
+def _load_hash_cache(cache_file: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(cache_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _store_hash_cache(cache_file: Path, cache: dict[str, Any]) -> None:
+    # Best effort: a read-only home only costs a re-hash next time.
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, cache_file)
+    except OSError:
+        pass
+
+
+def _file_sha256(file: Path, cache: dict[str, Any]) -> str:
+    """sha256 of a file, reused from `cache` while its size, mtime and inode are unchanged.
+
+    Multi-GB parents would otherwise be re-read on every plan and run. As in git's index, a
+    file modified in the last two seconds is not cached, since a same-size rewrite within the
+    filesystem's timestamp granularity would keep its stamp.
+    """
+    stat = file.stat()
+    key = str(file.resolve())
+    stamp = [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+    entry = cache.get(key)
+    if isinstance(entry, dict) and entry.get("stamp") == stamp:
+        return str(entry["sha256"])
+    digest = hashlib.sha256()
+    with file.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    if time.time_ns() - stat.st_mtime_ns > 2_000_000_000:
+        cache[key] = {"stamp": stamp, "sha256": digest.hexdigest()}
+    return digest.hexdigest()
+
+
 def local_revision(path: Path) -> str:
-    """A content hash of a local parent: its config and weight files, by name and bytes."""
+    """A content hash of a local parent: its config and weight files, by name and bytes.
+
+    Per-file digests are cached by stat (see `_file_sha256`) in
+    `$PUBLISHER_CACHE_DIR/file-sha256.json` (default `~/.cache/publisher`).
+    """
+    cache_file = _hash_cache_file()
+    cache = _load_hash_cache(cache_file)
+    before = dict(cache)
     digest = hashlib.sha256()
     for file in sorted(path.iterdir()):
         if (
@@ -81,9 +137,9 @@ def local_revision(path: Path) -> str:
             or file.name.endswith(".index.json")
         ):
             digest.update(file.name.encode())
-            with file.open("rb") as fh:
-                for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
-                    digest.update(chunk)
+            digest.update(_file_sha256(file, cache).encode())
+    if cache != before:
+        _store_hash_cache(cache_file, cache)
     return digest.hexdigest()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -12,6 +13,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# Local-parent digests are cached per user; tests keep theirs out of ~/.cache.
+os.environ.setdefault("PUBLISHER_CACHE_DIR", tempfile.mkdtemp(prefix="publisher-cache-"))
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

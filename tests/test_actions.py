@@ -388,7 +388,7 @@ def test_preview_card_summary_and_comment(
     previews = runner.root / "by-name"
     _preview_step("recipes/good.yaml", previews / "good", runner)
     card_summary = runner.summary.read_text(encoding="utf-8")
-    assert "base_model_relation: merge" in card_summary  # the card went to the summary
+    assert "library_name: transformers" in card_summary  # the card went to the summary
     assert (previews / "good" / "README.md").is_file()
     assert (previews / "good" / "schedule.png").is_file()
     failed = previews / "broken"
@@ -404,7 +404,9 @@ def test_preview_card_summary_and_comment(
     ).stdout
     assert "| layer | self_attn | mlp | default |" in body
     assert "### ❌ `recipes/broken.yaml`" in body
-    assert "```yaml\nbase_model:" in body  # front matter fenced, not rendered as headings
+    # The front matter is fenced, not rendered as headings.
+    first_metadata_line = (previews / "good" / "README.md").read_text().split("\n")[1]
+    assert f"```yaml\n{first_metadata_line}\n" in body
     assert "](schedule.png)" not in body
     assert body.count("<details>") == body.count("</details>") == 1
 

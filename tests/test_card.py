@@ -208,11 +208,12 @@ def test_metadata_round_trips_through_model_card(recipe: Recipe, plan: Plan) -> 
     text = render_card(CardInputs(recipe=recipe, plan=plan))
     assert text.startswith("---\n")
     card = ModelCard(text)
-    refs = [p.ref for p in plan.parents]
     assert card.data.license == "apache-2.0"
-    assert card.data.base_model == refs
-    assert refs[0] == recipe.base_model
-    assert card.data.base_model_relation == "merge"
+    # Local parents are no Hub ids: the body names them, the metadata leaves them out.
+    assert card.data.get("base_model") is None
+    assert card.data.get("base_model_relation") is None
+    for parent in plan.parents:
+        assert f"Parent `{parent.ref}` is a local directory" in text
     assert card.data.tags == ["merge", "mergekit", "slerp", "demo", "tiny"]
     assert card.data.library_name == "transformers"
     assert card.data.pipeline_tag == "text-generation"
@@ -251,6 +252,13 @@ def test_hub_and_unresolved_parents(recipe: Recipe, plan: Plan) -> None:
     assert "| merged in (t = 1) | **unresolved** (offline when locked) |" in text
     assert "Parent org/other-7b@main is not pinned to a revision: offline when locked." in text
     assert ModelCard(text).data.base_model == ["org/base-7b", "org/other-7b"]
+    assert ModelCard(text).data.base_model_relation == "merge"
+    assert "is a local directory" not in text
+
+    half_local = with_parents(plan, **{base.ref: {"source": "hub", "ref": "org/base-7b"}})
+    text = render_card(CardInputs(recipe=recipe, plan=half_local))
+    assert ModelCard(text).data.base_model == ["org/base-7b"]
+    assert f"Parent `{other.ref}` is a local directory" in text
 
 
 def test_notes_region_survives_a_rerender(recipe: Recipe, plan: Plan, tmp_path: Path) -> None:
@@ -444,7 +452,13 @@ def test_invalid_eval_results_raise_and_nothing_is_written(
 @pytest.mark.parametrize(
     ("front", "message"),
     [
-        ("license: mit\ntags: [merge]\nbase_model_relation: merge", "base_model"),
+        ("license: mit\ntags: [merge]\nbase_model_relation: merge", "base_model is missing"),
+        (
+            "license: mit\nbase_model: [../parents/base]\ntags: [merge]\n"
+            "base_model_relation: merge",
+            "not a Hub model id",
+        ),
+        ("license: mit\nbase_model: []\ntags: [merge]\nbase_model_relation: merge", "Hub ids"),
         (
             "license: not-a-license\nbase_model: [a]\ntags: [merge]\nbase_model_relation: merge",
             "Hub license",
@@ -495,7 +509,7 @@ def test_unknown_license_is_listed_not_warned(recipe: Recipe, plan: Plan) -> Non
     unknown = with_parents(plan, **{other: {"license": None}})
     assert license_warnings(recipe, unknown.parents) == []
     text = render_card(CardInputs(recipe=recipe, plan=unknown))
-    assert "Warning" not in text
+    assert not re.search(r"^> - .*licen", text, re.MULTILINE)
     assert "- tiny-other: unknown" in text
 
 

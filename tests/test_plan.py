@@ -10,7 +10,7 @@ import pytest
 
 from publisher.cli import main
 from publisher.merge import run_merge_stage
-from publisher.parents import resolve_parents
+from publisher.parents import local_revision, resolve_parents
 from publisher.recipe import load_recipe
 from publisher.schedule import build_plan
 from publisher.verify import verify_weights
@@ -187,3 +187,41 @@ parameters:
     assert main(["plan", str(path)]) == 1
     err = capsys.readouterr().err
     assert "org/base-model" in err and "publisher lock" in err and "Traceback" not in err
+
+
+def test_local_revision_follows_content_and_reuses_cached_digests(tmp_path, monkeypatch):
+    import os
+
+    cache_dir = tmp_path / "cache"
+    monkeypatch.setenv("PUBLISHER_CACHE_DIR", str(cache_dir))
+    parent = tmp_path / "parent"
+    parent.mkdir()
+    (parent / "config.json").write_text('{"model_type": "mistral"}')
+    weights = parent / "model.safetensors"
+    weights.write_bytes(b"A" * 4096)
+    (parent / "notes.txt").write_text("not part of the revision")
+    hour_ago = 1_000_000_000 * 3600
+    for file in parent.iterdir():
+        stamp = file.stat().st_mtime_ns - hour_ago
+        os.utime(file, ns=(stamp, stamp))
+
+    first = local_revision(parent)
+    assert local_revision(parent) == first
+    (parent / "notes.txt").write_text("edited")
+    assert local_revision(parent) == first
+
+    # Both files' digests were cached; a poisoned entry proves the cache is what answers.
+    cache_file = cache_dir / "file-sha256.json"
+    cache = json.loads(cache_file.read_text())
+    assert set(cache) == {str((parent / "config.json").resolve()), str(weights.resolve())}
+    cache[str(weights.resolve())]["sha256"] = "0" * 64
+    cache_file.write_text(json.dumps(cache))
+    assert local_revision(parent) != first
+
+    # New bytes give a new stamp, so the revision follows the content, not the stale cache.
+    weights.write_bytes(b"B" * 4096)
+    changed = local_revision(parent)
+    assert changed != first
+    weights.write_bytes(b"A" * 4096)
+    cache_file.unlink()
+    assert local_revision(parent) == first
