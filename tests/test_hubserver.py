@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -134,6 +136,11 @@ def model_folder(root: Path, weights: bytes | None = None) -> Path:
 
 def lfs_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.iterdir() if p.suffix in (".safetensors", ".png"))
+
+
+CHROMIUM = next(
+    (b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -622,3 +629,37 @@ def test_model_page_renders_card_and_metadata(client: HfApi, hub: LocalHub, tmp_
     assert f'href="/{REPO}"' in httpx2.get(hub.endpoint + "/").text
     assert httpx2.get(f"{hub.endpoint}/{REPO}", params={"revision": "nope"}).status_code == 404
     assert httpx2.get(f"{hub.endpoint}/nobody/nothing").status_code == 404
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no headless Chromium here (not a project dependency)")
+def test_model_page_screenshot_shows_card_and_image(client: HfApi, hub: LocalHub, tmp_path) -> None:
+    from PIL import Image
+
+    src = model_folder(tmp_path / "src")
+    Image.new("RGB", (400, 200), (255, 0, 0)).save(src / "schedule.png")
+    client.create_repo(REPO)
+    client.upload_folder(folder_path=src, repo_id=REPO)
+
+    shot = tmp_path / "page.png"
+    subprocess.run(
+        [
+            str(CHROMIUM),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1280,2000",
+            f"--screenshot={shot}",
+            f"{hub.endpoint}/{REPO}",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    page = Image.open(shot).convert("RGB")
+    assert page.size == (1280, 2000)
+    counts = {color: n for n, color in page.getcolors(maxcolors=1 << 22) or []}
+    # The schedule image was fetched through resolve and drawn at its own size.
+    assert counts.get((255, 0, 0), 0) >= 400 * 200 * 0.95
+    # Text and tables were drawn too: anti-aliased glyphs give many shades.
+    assert len(counts) > 50
