@@ -168,6 +168,14 @@ def group(title: str) -> Iterator[None]:
         gat.end_group()
 
 
+def mask(value: str) -> None:
+    """Ask the runner to mask a secret that is not in the environment (an exchanged token)."""
+    if value and in_actions():
+        import github_action_toolkit as gat
+
+        gat.add_mask(value)
+
+
 @contextlib.contextmanager
 def masked_secrets() -> Iterator[None]:
     """Ask the runner to mask the Hub and GitHub tokens before anything can print them."""
@@ -373,14 +381,19 @@ class GitHubComments:
         return response
 
     def find(self, number: int, marker: str) -> dict[str, Any] | None:
-        """The first comment on pull request `number` whose body starts with `marker`."""
+        """The first comment on pull request `number` by a bot whose body starts with `marker`.
+
+        Only a bot's (the workflow token posts as `github-actions[bot]`): a person who pastes
+        the marker neither gets their comment overwritten nor blocks the preview with a 403.
+        """
         url: str | None = f"/repos/{self.repo}/issues/{number}/comments?per_page=100"
         for _ in range(MAX_COMMENT_PAGES):
             if url is None:
                 break
             response = self._call("GET", url)
             for comment in response.json():
-                if str(comment.get("body") or "").lstrip().startswith(marker):
+                by_bot = (comment.get("user") or {}).get("type") == "Bot"
+                if by_bot and str(comment.get("body") or "").lstrip().startswith(marker):
                     return comment
             url = response.links.get("next", {}).get("url")
         return None

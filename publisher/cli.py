@@ -374,11 +374,19 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: plan,merge,smoke,eval,card,verify)",
     )
     p.add_argument("--force", action="store_true", help="redo stages whose inputs are unchanged")
-    p.add_argument("--push", action="store_true", help="push to the Hub after verify passed")
-    p.add_argument(
+    push_flags = p.add_mutually_exclusive_group()
+    push_flags.add_argument(
+        "--push", action="store_true", help="push to the Hub after verify passed"
+    )
+    push_flags.add_argument(
         "--no-push", action="store_true", help="do not push even if the recipe sets publish.push"
     )
-    p.add_argument("--create-pr", action="store_true", help="push as a Hub pull request")
+    p.add_argument(
+        "--create-pr",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="push as a Hub pull request, or not (default: the recipe's publish.create_pr)",
+    )
     p.add_argument("--repo-id", help="Hub repo to push to (default: the recipe's)")
     p.add_argument("--private", action="store_true", default=None, help="create the repo private")
     p.add_argument("--eval-suite", help="openllm-v1, leaderboard, nous or tiny")

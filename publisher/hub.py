@@ -29,8 +29,24 @@ T = TypeVar("T")
 
 RETRY_STATUS = {429, 500, 502, 503, 504}
 RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)
-PARENT_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.jinja", "*.txt", "*.tiktoken"]
-PICKLE_PATTERNS = ["*.bin", "*.pt", "*.pth", "*.ckpt"]
+RETRY_AFTER_CAP = 60.0
+# Root-level files a merge needs besides the weights: config, tokenizer and chat template.
+PARENT_SUPPORT_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+PICKLE_INDEX = "pytorch_model.bin.index.json"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 # Run-directory reports travel in the repo under this folder (provenance for readers).
 REPORTS_DIR = "publisher"
 # Files that differ on every run (timings, statuses) without the published content changing.
@@ -99,16 +115,30 @@ def _is_transient(exc: BaseException) -> bool:
     return cause is not None and cause is not exc and _is_transient(cause)
 
 
+def _retry_after(exc: BaseException) -> float | None:
+    # The Hub's 429 answers say how long to wait; honour that (capped) over our own backoff.
+    response = getattr(exc, "response", None)
+    value = getattr(response, "headers", {}).get("Retry-After") if response is not None else None
+    try:
+        return min(float(value), RETRY_AFTER_CAP) if value is not None else None
+    except ValueError:
+        return None
+
+
 def with_retries(
     what: str,
     call: Callable[[], T],
     log: Callable[[str], None] = print,
-    delays: tuple[float, ...] = RETRY_DELAYS,
+    delays: tuple[float, ...] | None = None,
+    succeeded: Callable[[], T | None] | None = None,
 ) -> T:
     """Run `call`, retrying transient failures (429, 5xx, dropped connections) with backoff.
 
     Only for calls that are safe to repeat: reads, repo creation with `exist_ok`, uploads of
-    content-addressed LFS objects, and commits guarded by `parent_commit`.
+    content-addressed LFS objects, and commits guarded by `parent_commit`. For a call that is
+    not (opening a Hub pull request), `succeeded` looks for its effect after a failure: when it
+    returns a value, the first attempt landed although its answer was lost, and that value is
+    returned instead of trying again. `delays` defaults to `RETRY_DELAYS`.
     """
     delays = RETRY_DELAYS if delays is None else delays
     for attempt in range(len(delays) + 1):
@@ -117,13 +147,13 @@ def with_retries(
         except Exception as exc:
             if attempt == len(delays) or not _is_transient(exc):
                 raise
+            if succeeded is not None and (done := succeeded()) is not None:
+                return done
             status = _status_of(exc)
             reason = f"HTTP {status}" if status else type(exc).__name__
-            log(
-                f"  {what}: {reason}, retrying in {delays[attempt]:.0f}s "
-                f"({attempt + 1}/{len(delays)})"
-            )
-            time.sleep(delays[attempt])
+            wait = _retry_after(exc) or delays[attempt]
+            log(f"  {what}: {reason}, retrying in {wait:.0f}s ({attempt + 1}/{len(delays)})")
+            time.sleep(wait)
     raise AssertionError("unreachable")
 
 
@@ -160,7 +190,6 @@ def fetch_parents(
                 f"parent '{parent.ref}' needs remote code (config.json has auto_map); "
                 "set 'publish: {trust_remote_code: true}' only if you trust it"
             )
-        patterns = list(PARENT_PATTERNS)
         files = with_retries(
             f"list {repo_id}",
             lambda repo_id=repo_id, parent=parent: HfApi().list_repo_files(
@@ -168,25 +197,68 @@ def fetch_parents(
             ),
             log,
         )
-        has_safetensors = any(f.endswith(".safetensors") for f in files)
-        if not has_safetensors:
-            if not recipe.publish.allow_pickle:
-                raise HubError(
-                    f"parent '{parent.ref}' has no safetensors weights, only pickle "
-                    "files, which can run code when loaded; set "
-                    "'publish: {allow_pickle: true}' to accept them"
-                )
-            patterns += PICKLE_PATTERNS
-        log(f"  downloading {repo_id}@{parent.revision[:12]} (config, tokenizer, weights)")
+
+        def read_index(name: str, repo_id: str = repo_id, parent: ParentInfo = parent) -> Any:
+            from huggingface_hub import hf_hub_download
+
+            local = with_retries(
+                f"download {repo_id}/{name}",
+                lambda: hf_hub_download(repo_id, name, revision=parent.revision),
+                log,
+            )
+            return json.loads(Path(local).read_text(encoding="utf-8"))
+
+        wanted, pickled = parent_download_files(files, read_index)
+        if not any(f.endswith((".safetensors", *PICKLE_SUFFIXES)) for f in wanted):
+            raise HubError(
+                f"parent '{parent.ref}' has no weight files at the root of "
+                f"{repo_id}@{parent.revision[:12]}; is it a model repo saved with save_pretrained?"
+            )
+        if pickled and not recipe.publish.allow_pickle:
+            raise HubError(
+                f"parent '{parent.ref}' has no safetensors weights, only pickle "
+                "files, which can run code when loaded; set "
+                "'publish: {allow_pickle: true}' to accept them"
+            )
+        log(
+            f"  downloading {repo_id}@{parent.revision[:12]} ({len(wanted)} files: config, "
+            "tokenizer, weights)"
+        )
         path = with_retries(
             f"download {repo_id}",
-            lambda repo_id=repo_id, parent=parent, patterns=patterns: snapshot_download(
-                repo_id, revision=parent.revision, allow_patterns=patterns
+            lambda repo_id=repo_id, parent=parent, wanted=wanted: snapshot_download(
+                repo_id, revision=parent.revision, allow_patterns=wanted
             ),
             log,
         )
         dirs[parent.ref] = Path(path)
     return dirs
+
+
+def parent_download_files(
+    files: list[str], read_index: Callable[[str], Any]
+) -> tuple[list[str], bool]:
+    """The files of a parent repo a merge needs, and whether its weights are pickles.
+
+    Root-level files only: config, tokenizer and chat template, and one copy of the weights:
+    the shards an index lists (`read_index(name)` returns the index's JSON), else the root
+    `*.safetensors` files other than a `consolidated.*` duplicate (Mistral's repos ship both),
+    else, the same way, the pickle weights (`.bin`, which the caller may refuse).
+    """
+    root = [f for f in files if "/" not in f]
+    wanted = [f for f in PARENT_SUPPORT_FILES if f in root]
+    wanted += sorted(f for f in root if f.endswith(".tiktoken"))
+
+    def weights(index: str, suffixes: tuple[str, ...]) -> list[str]:
+        if index in root:
+            shards = sorted(set(read_index(index).get("weight_map", {}).values()))
+            return [index, *shards]
+        return sorted(f for f in root if f.endswith(suffixes) and not f.startswith("consolidated"))
+
+    safetensors = weights(SAFETENSORS_INDEX, (".safetensors",))
+    if safetensors:
+        return wanted + safetensors, False
+    return wanted + weights(PICKLE_INDEX, PICKLE_SUFFIXES), True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -307,7 +379,13 @@ def push_run(
             "no Hub token: set HF_TOKEN, run 'hf auth login', or configure Trusted "
             "Publishers (HF_OIDC_RESOURCE)"
         )
-    api = HfApi(token=token)
+    from publisher import actions
+
+    # An exchanged Trusted Publishers token is not in the environment the runner masks.
+    actions.mask(token)
+    # No fixed token: HfApi asks huggingface_hub for it on every request, which refreshes an
+    # exchanged token that expires during a long upload.
+    api = HfApi()
     branch = revision or "main"
     files = run_files(run.root)
     try:
@@ -335,16 +413,20 @@ def push_run(
         log(f"  {repo_id}@{branch} already holds this run ({head[:12]}): nothing to push")
         return PushResult(repo_id, repo_url, head, None, False, 0, 0)
 
-    recipe_sha = (
-        json.loads(run.manifest.read_text()).get("recipe_sha256", "")
-        if run.manifest.exists()
-        else ""
-    )
-    recipe_name = files.get(f"{REPORTS_DIR}/recipe.yaml")
-    message = (
-        f"publisher: {recipe_name.name if recipe_name else 'run'} "
-        f"(recipe sha256 {recipe_sha[:12] or 'unknown'})"
-    )
+    def open_pr_holding_run() -> tuple[str, str | None] | None:
+        try:
+            return _open_pr_holding(api, repo_id, files, local_sha, log)
+        except HfHubHTTPError as exc:
+            raise HubError(_http_message(exc, repo_id)) from None
+
+    if create_pr and (proposed := open_pr_holding_run()) is not None:
+        log(f"  an open pull request already proposes this run: {proposed[1]}")
+        return PushResult(repo_id, repo_url, proposed[0], proposed[1], False, 0, 0)
+
+    manifest = json.loads(run.manifest.read_text()) if run.manifest.exists() else {}
+    recipe_sha = str(manifest.get("recipe_sha256") or "")
+    recipe_name = Path(str(manifest["recipe"])).name if manifest.get("recipe") else "run"
+    message = f"publisher: {recipe_name} (recipe sha256 {recipe_sha[:12] or 'unknown'})"
     operations: list[Any] = [
         CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(files[name])) for name in changed
     ]
@@ -367,18 +449,25 @@ def push_run(
             if getattr(op, "_upload_mode", None) == "lfs"
             and not getattr(op, "_should_ignore", False)
         )
-        info = with_retries(
-            "commit",
-            lambda: api.create_commit(
+
+        def commit() -> tuple[str, str | None]:
+            # parent_commit guards a direct commit against overwriting one it has not seen;
+            # with create_pr the pull request is opened from that commit, the one compared.
+            info = api.create_commit(
                 repo_id,
                 operations=operations,
                 commit_message=message,
                 commit_description=_commit_description(files, run),
                 revision=branch,
-                parent_commit=None if create_pr else head,
+                parent_commit=head,
                 create_pr=create_pr,
-            ),
-            log,
+            )
+            return getattr(info, "oid", None) or "", getattr(info, "pr_url", None)
+
+        # Opening a pull request is not idempotent: before retrying, look for the one the
+        # failed attempt may have opened. A direct commit is guarded by parent_commit instead.
+        commit_sha, pr_url = with_retries(
+            "commit", commit, log, succeeded=open_pr_holding_run if create_pr else None
         )
     except HfHubHTTPError as exc:
         if _status_of(exc) in (409, 412) and not create_pr:
@@ -402,8 +491,6 @@ def push_run(
                 "later"
             ) from None
         raise
-    pr_url = getattr(info, "pr_url", None)
-    commit_sha = getattr(info, "oid", None) or ""
     log(f"  committed {commit_sha[:12]}" + (f", pull request {pr_url}" if pr_url else ""))
     return PushResult(repo_id, repo_url, commit_sha, pr_url, True, len(operations), uploaded)
 
@@ -428,6 +515,30 @@ def _landed(
     return None if differs else head
 
 
+def _open_pr_holding(
+    api: Any,
+    repo_id: str,
+    files: dict[str, Path],
+    local_sha: dict[str, str],
+    log: Callable[[str], None],
+) -> tuple[str, str | None] | None:
+    """(head commit, URL) of an open pull request that holds exactly `files`, else None."""
+    pulls = with_retries(
+        "list pull requests",
+        lambda: list(
+            api.get_repo_discussions(
+                repo_id, discussion_type="pull_request", discussion_status="open"
+            )
+        ),
+        log,
+    )
+    for pr in pulls:
+        held = _landed(api, repo_id, f"refs/pr/{pr.num}", files, local_sha, log)
+        if held is not None:
+            return held, pr.url
+    return None
+
+
 def _managed(name: str) -> bool:
     # Files a run owns: stale weight shards from an earlier push are removed, user files kept.
     return name.endswith(".safetensors") or name == "model.safetensors.index.json"
@@ -448,4 +559,14 @@ def _http_message(exc: Exception, repo_id: str) -> str:
     if status == 404:
         return f"{repo_id} or its revision was not found on the Hub (404)"
     first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if status == 429:
+        return (
+            f"the Hub is rate-limiting requests (429) and still was after retries: {first_line}. "
+            "Wait a few minutes, then push again"
+        )
+    if status is not None and status >= 500:
+        return (
+            f"the Hub had a server error ({status}) and still did after retries: {first_line}. "
+            "Check https://status.huggingface.co and push again later"
+        )
     return f"Hub request failed ({status or 'no status'}): {first_line}"

@@ -52,8 +52,9 @@ class RunOptions:
         eval_limit: overrides the recipe's per-task sample limit, e.g. 100.
         eval_backend: `"hf"` or `"vllm"`.
         templates_dir: card templates to use instead of the recipe's or the default.
-        push: the caller asked for the push stage (kept in the manifest; `stages` decides).
-        create_pr: push as a Hub pull request.
+        push: run the push stage after the others (the CLI sets it from --push, --no-push and
+            the recipe's `publish.push`).
+        create_pr: push as a Hub pull request; `None` follows the recipe's `publish.create_pr`.
         repo_id: overrides the recipe's repo id for the push.
         private: create the repo private.
     """
@@ -66,7 +67,7 @@ class RunOptions:
     eval_backend: str | None = None
     templates_dir: Path | None = None
     push: bool = False
-    create_pr: bool = False
+    create_pr: bool | None = None
     repo_id: str | None = None
     private: bool | None = None
 
@@ -433,7 +434,9 @@ def _stage_push(ctx: RunContext) -> list[Path]:
     result = push_run(
         ctx.run.root,
         repo_id=ctx.options.repo_id or ctx.recipe.repo_id,
-        create_pr=ctx.options.create_pr or ctx.recipe.publish.create_pr,
+        create_pr=(
+            ctx.recipe.publish.create_pr if ctx.options.create_pr is None else ctx.options.create_pr
+        ),
         private=ctx.recipe.publish.private if ctx.options.private is None else ctx.options.private,
         log=ctx.log,
     )
@@ -506,11 +509,9 @@ def run_pipeline(
     manifest.save()
     ctx = RunContext(recipe=recipe, run=run, options=options, manifest=manifest, log=log)
     stages = list(options.stages)
-    if (
-        (options.push or recipe.publish.push)
-        and "push" not in stages
-        and stages == list(DEFAULT_STAGES)
-    ):
+    # `options.push` alone decides: the CLI has already weighed the recipe's publish.push
+    # against --push/--no-push and hand-picked --stages.
+    if options.push and "push" not in stages:
         stages.append("push")
     results: list[StageResult] = []
     for number, stage in enumerate(stages, start=1):

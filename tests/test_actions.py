@@ -497,7 +497,7 @@ class GitHubStub:
                     "id": stub._next_id,
                     "body": body["body"],
                     "html_url": f"https://github.invalid/{OWNER_REPO}/pull/{m[2]}#issuecomment-{stub._next_id}",
-                    "user": {"login": "github-actions[bot]"},
+                    "user": {"login": "github-actions[bot]", "type": "Bot"},
                 }
                 stub.comments.append(comment)
                 return self._send(201, comment)
@@ -708,3 +708,16 @@ def test_card_for_display_fences_front_matter(
     assert actions.card_for_display("# no front matter\n") == "# no front matter\n"
     actions.write_card_summary(card)
     assert runner.summary.read_text(encoding="utf-8").startswith("```yaml\n")
+
+
+def test_comment_ignores_a_persons_comment_that_quotes_the_marker(
+    comment_env: Runner, stub: GitHubStub, capsys: pytest.CaptureFixture[str]
+) -> None:
+    quoted = f"{actions.PREVIEW_MARKER}\nI copied the bot's comment"
+    stub.comments.append(
+        {"id": 1, "body": quoted, "html_url": "x", "user": {"login": "someone", "type": "User"}}
+    )
+    assert main(["comment", "--body-file", _body(comment_env, "preview")]) == 0
+    assert stub.writes() == [("POST", f"/repos/{OWNER_REPO}/issues/{PR_NUMBER}/comments")]
+    assert stub.comments[0]["body"] == quoted  # the person's comment is untouched
+    assert stub.comments[1]["body"] == f"{actions.PREVIEW_MARKER}\npreview\n"

@@ -50,7 +50,8 @@ def test_push_then_download_is_byte_identical(tiny_run, local_hub, tmp_path):
         assert (local / name).read_bytes() == path.read_bytes(), name
     commits = HfApi().list_repo_commits(REPO)
     assert len(commits) == 2  # the repo's initial commit and exactly one commit of the run
-    assert "recipe sha256" in commits[0].title
+    recipe_sha = json.loads((run_dir / "manifest.json").read_text())["recipe_sha256"]
+    assert commits[0].title == f"publisher: tiny-run.yaml (recipe sha256 {recipe_sha[:12]})"
 
 
 def test_second_push_makes_no_commit_and_sends_no_weights(tiny_run, local_hub):
@@ -77,6 +78,27 @@ def test_create_pr_leaves_main_untouched(tiny_run, local_hub):
     assert "model.safetensors" in pr_files and "README.md" in pr_files
     refs = api.list_repo_refs(REPO, include_pull_requests=True)
     assert [r.ref for r in refs.pull_requests] == ["refs/pr/1"]
+
+    # Proposing the same run again finds the open pull request instead of opening another.
+    local_hub.stats.reset()
+    again = push_run(run_dir, REPO, create_pr=True, log=quiet)
+    assert not again.changed and again.pr_url == result.pr_url
+    assert again.commit_sha == result.commit_sha
+    assert local_hub.stats.commits == [] and local_hub.stats.lfs_bytes_uploaded == 0
+
+
+def test_pull_request_whose_answer_is_lost_is_opened_once(tiny_run, local_hub):
+    _, run_dir, _ = tiny_run
+    api = HfApi()
+    api.create_repo(REPO)
+    # The server opens the PR, then the connection drops: a blind retry would open a second.
+    rule = local_hub.faults.add("POST", r"/commit/", "drop_after", times=1)
+    result = push_run(run_dir, REPO, create_pr=True, log=quiet)
+    assert rule.fired == 1
+    refs = api.list_repo_refs(REPO, include_pull_requests=True)
+    assert [r.ref for r in refs.pull_requests] == ["refs/pr/1"]
+    assert result.pr_url and result.pr_url.endswith("/discussions/1")
+    assert "model.safetensors" in api.list_repo_files(REPO, revision="refs/pr/1")
 
 
 @pytest.mark.parametrize("fault", ["500", "429", "drop"])
@@ -291,3 +313,136 @@ def test_dropped_commit_is_retried(tiny_run, local_hub):
     result = push_run(run_dir, REPO, log=quiet)
     assert rule.fired == 1 and result.changed
     assert "README.md" in HfApi().list_repo_files(REPO)
+
+
+MISTRAL_REPO_FILES = [
+    ".gitattributes",
+    "README.md",
+    "config.json",
+    "generation_config.json",
+    "consolidated.safetensors",
+    "model-00001-of-00002.safetensors",
+    "model-00002-of-00002.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model-00001-of-00002.bin",
+    "pytorch_model-00002-of-00002.bin",
+    "pytorch_model.bin.index.json",
+    "params.json",
+    "special_tokens_map.json",
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "original/model.safetensors",
+    "onnx/config.json",
+]
+
+
+def test_parent_download_is_one_copy_of_weights_and_the_tokenizer():
+    from publisher.hub import parent_download_files
+
+    indexes: list[str] = []
+
+    def read_index(name: str) -> dict:
+        indexes.append(name)
+        shards = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+        return {"weight_map": {"a": shards[0], "b": shards[1], "c": shards[1]}}
+
+    wanted, pickled = parent_download_files(MISTRAL_REPO_FILES, read_index)
+    assert not pickled and indexes == ["model.safetensors.index.json"]
+    assert sorted(wanted) == sorted(
+        [
+            "config.json",
+            "generation_config.json",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "tokenizer.model",
+            "special_tokens_map.json",
+            "model.safetensors.index.json",
+            "model-00001-of-00002.safetensors",
+            "model-00002-of-00002.safetensors",
+        ]
+    )
+    # Without an index: the root safetensors, never Mistral's consolidated duplicate.
+    plain = [f for f in MISTRAL_REPO_FILES if "index" not in f and "model-0" not in f]
+    wanted, pickled = parent_download_files(plain + ["model.safetensors"], read_index)
+    assert not pickled
+    assert [f for f in wanted if f.endswith(".safetensors")] == ["model.safetensors"]
+    # Pickles only: reported as such, so the caller can refuse them.
+    pickles = ["config.json", "tokenizer.json", "pytorch_model.bin"]
+    assert parent_download_files(pickles, read_index) == (pickles, True)
+
+
+def test_parent_needing_remote_code_is_refused(write_recipe):
+    from publisher.hub import fetch_parents
+    from publisher.parents import ParentInfo
+    from publisher.recipe import load_recipe
+
+    recipe = load_recipe(
+        write_recipe("""\
+            models:
+              - model: org/custom-arch
+              - model: {other}
+            merge_method: slerp
+            base_model: org/custom-arch
+            parameters:
+              t: 0.5
+            """)
+    )
+    custom = ParentInfo(
+        ref="org/custom-arch",
+        source="hub",
+        revision="0" * 40,
+        resolved=True,
+        config={"auto_map": {"AutoModelForCausalLM": "modeling_custom.CustomForCausalLM"}},
+        is_base=True,
+    )
+    # Refused from the lock's config alone: nothing is listed or downloaded first.
+    with pytest.raises(HubError, match="trust_remote_code"):
+        fetch_parents(recipe, [custom], log=quiet)
+
+
+def _pushed_recipe(tiny_run, copy_run, tmp_path, publish: str) -> tuple[Path, Path]:
+    recipe, original, _ = tiny_run
+    pushing = tmp_path / "tiny-run.yaml"
+    pushing.write_text(recipe.read_text().replace("publish:\n", "publish:\n" + publish, 1))
+    return pushing, copy_run(original)
+
+
+def test_no_push_and_chosen_stages_override_the_recipes_push(
+    tiny_run, local_hub, copy_run, tmp_path
+):
+    recipe, run_dir = _pushed_recipe(tiny_run, copy_run, tmp_path, "  push: true\n")
+    assert main(["run", str(recipe), "--out", str(run_dir), "--no-push"]) == 0
+    assert main(["run", str(recipe), "--out", str(run_dir), "--stages", "card,verify"]) == 0
+    assert "push" not in json.loads((run_dir / "manifest.json").read_text())["stages"]
+    assert not HfApi().repo_exists(REPO)
+    assert main(["run", str(recipe), "--out", str(run_dir)]) == 0  # the recipe's push: true
+    assert "model.safetensors" in HfApi().list_repo_files(REPO)
+
+
+def test_no_create_pr_overrides_the_recipes_create_pr(tiny_run, local_hub, copy_run, tmp_path):
+    recipe, run_dir = _pushed_recipe(tiny_run, copy_run, tmp_path, "  create_pr: true\n")
+    assert main(["run", str(recipe), "--out", str(run_dir), "--push", "--no-create-pr"]) == 0
+    api = HfApi()
+    assert "model.safetensors" in api.list_repo_files(REPO)  # on main
+    assert api.list_repo_refs(REPO, include_pull_requests=True).pull_requests == []
+
+
+def test_retries_wait_as_long_as_retry_after_says(monkeypatch):
+    import requests as http
+
+    sleeps: list[float] = []
+    monkeypatch.setattr(hub_module.time, "sleep", sleeps.append)
+    answers = iter([429, 503, 200])
+
+    def call() -> str:
+        status = next(answers)
+        if status == 200:
+            return "done"
+        response = http.Response()
+        response.status_code = status
+        response.headers["Retry-After"] = "7" if status == 429 else "999"
+        raise http.HTTPError(response=response)
+
+    assert hub_module.with_retries("read", call, log=quiet, delays=(1.0, 2.0)) == "done"
+    assert sleeps == [7.0, hub_module.RETRY_AFTER_CAP]

@@ -219,6 +219,30 @@ def create_app(
             ]
         return out
 
+    @app.get("/api/models/{ns}/{name}/discussions")
+    def discussions(ns: str, name: str, request: Request) -> dict[str, Any]:
+        # Pull requests are the only discussions this server has; one page holds them all.
+        repo_id = f"{ns}/{name}"
+        state = auth.readable(request, store, repo_id)
+        kind = request.query_params.get("type", "all")
+        status = request.query_params.get("status", "all")
+        pulls = [] if kind == "discussion" else sorted(state.pulls.values(), key=lambda p: -p.num)
+        if status != "all":
+            pulls = [p for p in pulls if p.status == status]
+        items = [
+            {
+                "num": p.num,
+                "title": p.title,
+                "status": p.status,
+                "isPullRequest": True,
+                "createdAt": p.created_at,
+                "author": {"name": p.author},
+                "repo": {"name": repo_id, "type": "model"},
+            }
+            for p in pulls
+        ]
+        return {"discussions": items, "count": len(items), "start": 0, "numItemsPerPage": 50}
+
     @app.get("/api/models/{ns}/{name}/tree/{rest:path}")
     def tree(ns: str, name: str, rest: str, request: Request) -> list[dict[str, Any]]:
         repo_id = f"{ns}/{name}"

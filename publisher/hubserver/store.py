@@ -611,13 +611,16 @@ class HubStore:
 
         With `parent_commit`, refuses (`ParentMismatch`, HTTP 412) unless it is the current head
         of `revision`. With `create_pr`, `revision` is left alone and the commit goes to a new
-        `refs/pr/<N>`; the result carries the PR number.
+        `refs/pr/<N>`; the result carries the PR number. As on the Hub, `create_pr` with
+        `parent_commit` opens the pull request from that commit, which need not be the head.
         """
         operations = list(operations)
         with self._lock:
             state = self._load(repo_id)
             ref, head_id = self._writable_ref(state, revision, create_pr)
-            if parent_commit is not None and not head_id.startswith(parent_commit.lower()):
+            if create_pr and parent_commit is not None:
+                head_id = self._resolve_id(state, parent_commit)
+            elif parent_commit is not None and not head_id.startswith(parent_commit.lower()):
                 raise ParentMismatch(
                     f"A commit has happened since. Please refresh and try again. "
                     f"(parent commit {parent_commit} is not the head {head_id} of {revision})"
