@@ -199,6 +199,26 @@ def cmd_tiny(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} must be greater than 0")
+    return value
+
+
+def _shard_size(text: str) -> str:
+    from publisher.merge import MergeError, parse_shard_size
+
+    try:
+        parse_shard_size(text)
+    except MergeError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from publisher import actions
     from publisher.pipeline import (
@@ -212,6 +232,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe)
     run_dir = Path(args.out) if args.out else default_run_dir(recipe)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CommandError(f"--out {run_dir} is a file; give a directory for the run")
     stages = parse_stages(args.stages)
     # Push when asked to, or when the recipe says so and the stages were not chosen by hand.
     wants_push = args.push or (recipe.publish.push and args.stages is None and not args.no_push)
@@ -229,6 +251,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         create_pr=args.create_pr,
         repo_id=args.repo_id,
         private=args.private,
+        merge_overrides={
+            name: value
+            for name in ("lazy_unpickle", "low_cpu_memory", "out_shard_size")
+            if (value := getattr(args, name)) is not None
+        },
     )
     try:
         run_pipeline(recipe, run_dir, options, log=_out)
@@ -389,8 +416,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--repo-id", help="Hub repo to push to (default: the recipe's)")
     p.add_argument("--private", action="store_true", default=None, help="create the repo private")
+    for flag, what in (
+        ("--lazy-unpickle", "mergekit's lazy unpickler (low memory for .bin parents)"),
+        ("--low-cpu-memory", "keep merge results on the GPU (VRAM > RAM)"),
+    ):
+        p.add_argument(
+            flag,
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help=f"{what} (default: the recipe's publish.merge)",
+        )
+    p.add_argument(
+        "--out-shard-size",
+        type=_shard_size,
+        help="bytes per output shard, e.g. 2B or 500M (default: the recipe's, 5B)",
+    )
     p.add_argument("--eval-suite", help="openllm-v1, leaderboard, nous or tiny")
-    p.add_argument("--eval-limit", type=float, help="samples per task (a partial run)")
+    p.add_argument(
+        "--eval-limit",
+        type=_positive_number,
+        help="samples per task (a partial run; below 1: a fraction of each task)",
+    )
     p.add_argument("--eval-backend", choices=["hf", "vllm"], help="lm-eval backend (vllm: GPU)")
     p.add_argument("--templates", help="card templates directory")
     p.set_defaults(func=cmd_run)

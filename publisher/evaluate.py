@@ -306,6 +306,10 @@ def run_eval(
     results.pop("samples", None)
     results.setdefault("lm_eval_version", lm_eval.__version__)
     text = json.dumps(results, indent=2, ensure_ascii=False, default=handle_non_serializable)
+    # The file is published with the model: runner-local paths mean nothing to its readers
+    # (and show the runner's layout), so they become paths relative to the run directory.
+    for local, shown in ((Path(model_dir).resolve(), "merged"), (out_dir.resolve(), "eval")):
+        text = text.replace(str(local), shown)
     results_path.write_text(text + "\n", encoding="utf-8")
     return json.loads(text)
 
@@ -530,7 +534,8 @@ def _model_args_text(model_args: Any) -> str:
         items = [tuple(part.split("=", 1)) for part in model_args.split(",") if "=" in part]
     else:
         return ""
-    return ",".join(f"{k}={v}" for k, v in items if "token" not in k.lower())
+    # `pretrained` names where the runner kept the weights: on the card, the model is this one.
+    return ",".join(f"{k}={v}" for k, v in items if "token" not in k.lower() and k != "pretrained")
 
 
 def to_eval_results(summary: EvalSummary, model_name: str) -> list[EvalResult]:

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from publisher.digests import sha256_file
 from publisher.parents import ParentInfo
 from publisher.recipe import Recipe
 from publisher.rundir import RunDir
@@ -268,14 +269,6 @@ def parent_download_files(
 def git_blob_sha1(data: bytes) -> str:
     """The id git (and the Hub) gives a regular file's content."""
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()  # noqa: S324 (git's id)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def run_files(run_dir: Path) -> dict[str, Path]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from publisher.parents import ParentInfo
-from publisher.recipe import Recipe
+from publisher.recipe import MergeSettings, Recipe
 from publisher.schedule import rewrite_model_refs
 
 
@@ -40,9 +40,11 @@ class MergeRequest:
     quiet: bool = False
 
 
-def merge_request_for(recipe: Recipe, device: str | None = None) -> MergeRequest:
-    """The recipe's merge settings, with the `--device` flag taking precedence."""
-    settings = recipe.publish.merge
+def merge_request_for(
+    recipe: Recipe, device: str | None = None, settings: MergeSettings | None = None
+) -> MergeRequest:
+    """The recipe's merge settings (or `settings`), with the `--device` flag taking precedence."""
+    settings = settings or recipe.publish.merge
     return MergeRequest(
         device=device or ("cuda" if settings.cuda else "cpu"),
         lazy_unpickle=settings.lazy_unpickle,
@@ -104,7 +106,7 @@ def run_merge_stage(
         device=request.device,
         lazy_unpickle=request.lazy_unpickle,
         low_cpu_memory=request.low_cpu_memory,
-        out_shard_size=_parse_size(request.out_shard_size),
+        out_shard_size=parse_shard_size(request.out_shard_size),
         copy_tokenizer=True,
         write_model_card=False,
         safe_serialization=True,
@@ -124,7 +126,7 @@ def run_merge_stage(
     return out_dir
 
 
-def _parse_size(value: str | int) -> int:
+def parse_shard_size(value: str | int) -> int:
     from mergekit.common import parse_kmb
 
     try:

@@ -12,11 +12,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from publisher.digests import sha256_file
 from publisher.recipe import Recipe
 
 LOCK_VERSION = 1
@@ -66,69 +66,31 @@ class ParentError(Exception):
 
 
 def _is_local(ref: str, recipe_dir: Path) -> Path | None:
-    candidate = Path(ref)
+    candidate = Path(ref).expanduser()
     if not candidate.is_absolute():
         candidate = recipe_dir / candidate
     return candidate.resolve() if candidate.is_dir() else None
 
 
-def _hash_cache_file() -> Path:
-    root = os.environ.get("PUBLISHER_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "publisher"
+def _path_like(ref: str) -> bool:
+    # A Hub id is `name` or `namespace/name` (optionally `@revision`); anything else is a path.
+    repo_part = ref.partition("@")[0]
+    return ref.startswith(("/", "./", "../", "~")) or repo_part.count("/") > 1
+
+
+def _missing_local_parent(ref: str, recipe_dir: Path) -> str:
+    where = (recipe_dir / Path(ref).expanduser()).resolve()
+    return (
+        f"'{ref}' looks like a local directory, but {where} does not exist; build or download "
+        "the model there, or reference it by its Hub repo id"
     )
-    return Path(root) / "file-sha256.json"
-
-
-def _load_hash_cache(cache_file: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(cache_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _store_hash_cache(cache_file: Path, cache: dict[str, Any]) -> None:
-    # Best effort: a read-only home only costs a re-hash next time.
-    try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(cache, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, cache_file)
-    except OSError:
-        pass
-
-
-def _file_sha256(file: Path, cache: dict[str, Any]) -> str:
-    """sha256 of a file, reused from `cache` while its size, mtime and inode are unchanged.
-
-    Multi-GB parents would otherwise be re-read on every plan and run. As in git's index, a
-    file modified in the last two seconds is not cached, since a same-size rewrite within the
-    filesystem's timestamp granularity would keep its stamp.
-    """
-    stat = file.stat()
-    key = str(file.resolve())
-    stamp = [stat.st_size, stat.st_mtime_ns, stat.st_ino]
-    entry = cache.get(key)
-    if isinstance(entry, dict) and entry.get("stamp") == stamp:
-        return str(entry["sha256"])
-    digest = hashlib.sha256()
-    with file.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    if time.time_ns() - stat.st_mtime_ns > 2_000_000_000:
-        cache[key] = {"stamp": stamp, "sha256": digest.hexdigest()}
-    return digest.hexdigest()
 
 
 def local_revision(path: Path) -> str:
     """A content hash of a local parent: its config and weight files, by name and bytes.
 
-    Per-file digests are cached by stat (see `_file_sha256`) in
-    `$PUBLISHER_CACHE_DIR/file-sha256.json` (default `~/.cache/publisher`).
+    Per-file digests come from `publisher.digests`, so big parents are read once per version.
     """
-    cache_file = _hash_cache_file()
-    cache = _load_hash_cache(cache_file)
-    before = dict(cache)
     digest = hashlib.sha256()
     for file in sorted(path.iterdir()):
         if (
@@ -137,9 +99,7 @@ def local_revision(path: Path) -> str:
             or file.name.endswith(".index.json")
         ):
             digest.update(file.name.encode())
-            digest.update(_file_sha256(file, cache).encode())
-    if cache != before:
-        _store_hash_cache(cache_file, cache)
+            digest.update(sha256_file(file).encode())
     return digest.hexdigest()
 
 
@@ -257,6 +217,8 @@ def resolve_parents(
         local = _is_local(ref, recipe_dir)
         if local is not None:
             parents.append(_resolve_local(ref, local, is_base))
+        elif _path_like(ref):
+            missing.append(_missing_local_parent(ref, recipe_dir))
         elif ref in locked and locked[ref].config is not None:
             entry = locked[ref]
             entry.is_base = is_base
@@ -307,6 +269,8 @@ def lock_parents(recipe: Recipe, *, online: bool | None = None) -> list[ParentIn
         if local is not None:
             parents.append(_resolve_local(ref, local, is_base))
             continue
+        if _path_like(ref):
+            raise ParentError(_missing_local_parent(ref, recipe_dir))
         if online:
             try:
                 parents.append(_resolve_hub(ref, is_base))
@@ -328,7 +292,7 @@ def lock_parents(recipe: Recipe, *, online: bool | None = None) -> list[ParentIn
                     resolved=False,
                     config=None,
                     is_base=is_base,
-                    note=f"unresolved ({reason}); run 'publisher lock' online",
+                    note=f"{reason}; run 'publisher lock' online",
                 )
             )
     return parents

@@ -21,11 +21,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from publisher.digests import sha256_file
 from publisher.parents import ParentInfo, resolve_parents
-from publisher.recipe import Recipe
+from publisher.recipe import EvalSettings, MergeSettings, Recipe
 from publisher.rundir import RunDir
+
+SettingsT = TypeVar("SettingsT", EvalSettings, MergeSettings)
 
 STAGES = ("plan", "merge", "smoke", "eval", "card", "verify", "push")
 DEFAULT_STAGES = STAGES[:-1]
@@ -57,6 +60,8 @@ class RunOptions:
         create_pr: push as a Hub pull request; `None` follows the recipe's `publish.create_pr`.
         repo_id: overrides the recipe's repo id for the push.
         private: create the repo private.
+        merge_overrides: `publish.merge` fields set on the command line, e.g.
+            `{"out_shard_size": "2B"}`.
     """
 
     device: str = "cpu"
@@ -70,6 +75,7 @@ class RunOptions:
     create_pr: bool | None = None
     repo_id: str | None = None
     private: bool | None = None
+    merge_overrides: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -82,23 +88,6 @@ class StageRecord:
     finished_at: str = ""
     error: str | None = None
     outputs: list[str] = field(default_factory=list)
-
-
-_FILE_HASHES: dict[tuple[str, int, int], str] = {}
-
-
-def sha256_file(path: Path) -> str:
-    """sha256 of a file, remembered by (path, size, mtime) so big weights are read once a run."""
-    stat = Path(path).stat()
-    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
-    if key in _FILE_HASHES:
-        return _FILE_HASHES[key]
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    _FILE_HASHES[key] = digest.hexdigest()
-    return _FILE_HASHES[key]
 
 
 def hash_inputs(*parts: Any) -> str:
@@ -176,8 +165,14 @@ class Manifest:
         self.path.write_text(json.dumps(self.data, indent=2) + "\n", encoding="utf-8")
 
     def is_current(self, stage: str, input_hash: str) -> bool:
+        """The stage succeeded on these inputs and its outputs are still in the run directory."""
         rec = self.record(stage)
-        return rec is not None and rec.status in ("ok", "skipped") and rec.input_hash == input_hash
+        return (
+            rec is not None
+            and rec.status in ("ok", "skipped")
+            and rec.input_hash == input_hash
+            and all((self.path.parent / output).exists() for output in rec.outputs or [])
+        )
 
 
 @dataclass
@@ -220,15 +215,26 @@ class RunContext:
             self.recipe.merge.get("out_dtype") or self.recipe.merge.get("dtype") or "float32"
         )
 
-    def eval_settings(self):
-        settings = self.recipe.publish.eval.model_copy()
+    def eval_settings(self) -> EvalSettings:
+        """The recipe's eval settings with the command line's overrides, validated again."""
+        updates: dict[str, Any] = {}
         if self.options.eval_suite:
-            settings = settings.model_copy(update={"suite": self.options.eval_suite, "tasks": []})
+            updates.update(suite=self.options.eval_suite, tasks=[])
         if self.options.eval_limit is not None:
-            settings = settings.model_copy(update={"limit": self.options.eval_limit})
+            updates["limit"] = self.options.eval_limit
         if self.options.eval_backend:
-            settings = settings.model_copy(update={"backend": self.options.eval_backend})
-        return settings
+            updates["backend"] = self.options.eval_backend
+        settings = _override("eval", self.recipe.publish.eval, updates)
+        # Task directories are relative to the recipe, like publish.templates.
+        recipe_dir = self.recipe.path.parent
+        include = [
+            str((recipe_dir / Path(p).expanduser()).resolve()) for p in settings.include_paths
+        ]
+        return settings.model_copy(update={"include_paths": include})
+
+    def merge_settings(self) -> MergeSettings:
+        """The recipe's merge settings with the command line's overrides, validated again."""
+        return _override("merge", self.recipe.publish.merge, self.options.merge_overrides)
 
     def current(self, stage: str) -> bool:
         """Whether `stage` succeeded on the inputs it has now (its report can be trusted)."""
@@ -256,7 +262,7 @@ def _plan_inputs(ctx: RunContext) -> str:
 
 
 def _merge_inputs(ctx: RunContext) -> str:
-    settings = ctx.recipe.publish.merge.model_dump()
+    settings = ctx.merge_settings().model_dump()
     return hash_inputs("merge", ctx.run.plan, settings, ctx.recipe.publish.chat_template)
 
 
@@ -265,7 +271,10 @@ def _smoke_inputs(ctx: RunContext) -> str:
 
 
 def _eval_inputs(ctx: RunContext) -> str:
-    return hash_inputs("eval", ctx.run.merged, ctx.eval_settings().model_dump())
+    settings = ctx.eval_settings()
+    # A custom task's YAML or data changing changes the results, so its directory is an input.
+    task_dirs = [Path(p) for p in settings.include_paths if Path(p).is_dir()]
+    return hash_inputs("eval", ctx.run.merged, settings.model_dump(), *task_dirs)
 
 
 def _card_inputs(ctx: RunContext) -> str:
@@ -325,7 +334,9 @@ def _stage_merge(ctx: RunContext) -> list[Path]:
             + ", ".join(unresolved)
             + f"; run 'publisher lock {ctx.recipe.path}' where the Hub is reachable",
         )
-    request = merge_request_for(ctx.recipe, device=ctx.options.device)
+    request = merge_request_for(
+        ctx.recipe, device=ctx.options.device, settings=ctx.merge_settings()
+    )
     run_merge_stage(ctx.recipe, ctx.parents, ctx.parent_dirs, ctx.run.merged, request)
     return [ctx.run.merged]
 
@@ -473,8 +484,24 @@ STAGE_NEEDS: dict[str, tuple[str, ...]] = {
 }
 
 
+def _override(what: str, settings: SettingsT, updates: dict[str, Any]) -> SettingsT:
+    # model_copy(update=...) skips validation; a bad flag must fail here, not inside mergekit
+    # or lm-eval.
+    from pydantic import ValidationError
+
+    if not updates:
+        return settings
+    try:
+        return type(settings).model_validate({**settings.model_dump(), **updates})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise StageError("run", f"invalid {what} option: {problems}") from None
+
+
 def parse_stages(text: str | Iterable[str] | None) -> tuple[str, ...]:
-    """`"merge,smoke"` → stages in pipeline order; unknown names are an error."""
+    """`"merge,smoke"` → stages in pipeline order; unknown names or none at all are an error."""
     if text is None:
         return DEFAULT_STAGES
     names = [s.strip() for s in (text.split(",") if isinstance(text, str) else text) if s.strip()]
@@ -483,6 +510,8 @@ def parse_stages(text: str | Iterable[str] | None) -> tuple[str, ...]:
         raise StageError(
             "run", f"unknown stage(s) {', '.join(unknown)}; stages are {', '.join(STAGES)}"
         )
+    if not names:
+        raise StageError("run", f"no stage given; stages are {', '.join(STAGES)}")
     return tuple(s for s in STAGES if s in names)
 
 
@@ -535,6 +564,10 @@ def run_pipeline(
             results.append(StageResult(stage, "skipped", 0.0))
             continue
         log(f"[{number}/{len(stages)}] {stage} ...")
+        if stage not in ("verify", "push") and run.verify.exists():
+            # Whatever this stage changes has not been verified: no earlier pass may let a
+            # push through until verify runs again.
+            run.verify.unlink()
         started = time.monotonic()
         with actions.group(f"{stage}"):
             try:

@@ -158,6 +158,7 @@ def build_plan(recipe: Recipe, parents: list[ParentInfo], workdir: Path | None =
     from mergekit.options import MergeOptions
     from mergekit.plan import MergePlanner
 
+    check_layer_ranges(recipe, parents)
     mapping = materialize_parents(parents, workdir)
     config = MergeConfiguration.model_validate(rewrite_model_refs(recipe.merge, mapping))
     options = MergeOptions(quiet=True)
@@ -229,6 +230,26 @@ def build_plan(recipe: Recipe, parents: list[ParentInfo], workdir: Path | None =
 
 class PlanError(Exception):
     """mergekit could not plan the recipe; the message says why."""
+
+
+def check_layer_ranges(recipe: Recipe, parents: list[ParentInfo]) -> None:
+    """Refuse a `layer_range` that runs past a parent's layers.
+
+    mergekit plans such a slice without complaint (it only fails when the merge reads the
+    missing tensors), so the preview card would show layers that cannot exist.
+    """
+    layers_of = {p.ref: (p.config or {}).get("num_hidden_layers") for p in parents}
+    for number, slice_ in enumerate(recipe.merge_configuration().slices or []):
+        for source in slice_.sources:
+            ref = str(source.model)
+            total = layers_of.get(ref)
+            start, end = source.layer_range
+            if isinstance(total, int) and end > total:
+                raise PlanError(
+                    f"slice {number}: layer_range [{start}, {end}] of '{ref}' runs past its "
+                    f"{total} layers (num_hidden_layers in its config.json); end the range "
+                    f"at {total} or less"
+                )
 
 
 def _dist_version(name: str) -> str:

@@ -183,3 +183,56 @@ def test_unknown_stage_is_a_clear_error(finished_run, tmp_path, capsys):
     run_dir = tmp_path / "run"
     assert main(["run", str(recipe), "--out", str(run_dir), "--stages", "merge,polish"]) == 1
     assert "unknown stage(s) polish" in capsys.readouterr().err
+
+
+def test_merge_flags_override_the_recipe_and_void_the_last_verify(finished_run, copy_run, capsys):
+    recipe, original, _ = finished_run
+    run = copy_run(original)
+    assert (run / "verify.json").exists()
+    args = ["run", str(recipe), "--out", str(run), "--stages", "merge", "--out-shard-size", "200K"]
+    assert main(args) == 0
+    shards = sorted((run / "merged").glob("*.safetensors"))
+    assert len(shards) > 1 and (run / "merged" / "model.safetensors.index.json").exists()
+    assert all(shard.stat().st_size <= 200_000 * 1.1 for shard in shards)
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["options"]["merge_overrides"] == {"out_shard_size": "200K"}
+    # The weights changed hands after the last verify: its pass no longer counts.
+    assert not (run / "verify.json").exists()
+    capsys.readouterr()
+    assert main(["push", str(run), "--repo-id", "tester/tiny-run"]) == 1
+    assert "verify" in capsys.readouterr().err
+
+
+def test_published_eval_results_name_no_runner_paths(finished_run):
+    _, run_dir, _ = finished_run
+    results = (run_dir / "eval" / "results.json").read_text()
+    assert str(run_dir.resolve()) not in results
+    assert json.loads(results)["config"]["model_args"]["pretrained"] == "merged"
+    card = (run_dir / "README.md").read_text()
+    assert str(run_dir.resolve()) not in card and "pretrained=" not in card
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--eval-limit", "-3"], "must be greater than 0"),
+        (["--out-shard-size", "lots"], "is not a size like 5B"),
+    ],
+)
+def test_bad_run_flags_are_refused_before_any_stage(finished_run, tmp_path, capsys, flags, message):
+    recipe, _, _ = finished_run
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", str(recipe), "--out", str(tmp_path / "run"), *flags])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_no_stages_and_a_file_as_run_directory_are_clear_errors(finished_run, tmp_path, capsys):
+    recipe, _, _ = finished_run
+    assert main(["run", str(recipe), "--out", str(tmp_path / "run"), "--stages", ""]) == 1
+    assert "no stage given" in capsys.readouterr().err
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    assert main(["run", str(recipe), "--out", str(a_file)]) == 1
+    assert "is a file" in capsys.readouterr().err

@@ -190,7 +190,10 @@ parameters:
 
 
 def test_local_revision_follows_content_and_reuses_cached_digests(tmp_path, monkeypatch):
+    import hashlib
     import os
+
+    from publisher import digests
 
     cache_dir = tmp_path / "cache"
     monkeypatch.setenv("PUBLISHER_CACHE_DIR", str(cache_dir))
@@ -206,22 +209,65 @@ def test_local_revision_follows_content_and_reuses_cached_digests(tmp_path, monk
         os.utime(file, ns=(stamp, stamp))
 
     first = local_revision(parent)
+    assert digests.sha256_file(weights) == hashlib.sha256(b"A" * 4096).hexdigest()
     assert local_revision(parent) == first
     (parent / "notes.txt").write_text("edited")
     assert local_revision(parent) == first
 
-    # Both files' digests were cached; a poisoned entry proves the cache is what answers.
+    # Both digests persisted; a poisoned entry, read by a fresh process, proves the file is used.
     cache_file = cache_dir / "file-sha256.json"
     cache = json.loads(cache_file.read_text())
     assert set(cache) == {str((parent / "config.json").resolve()), str(weights.resolve())}
     cache[str(weights.resolve())]["sha256"] = "0" * 64
     cache_file.write_text(json.dumps(cache))
+    monkeypatch.setattr(digests, "_cache", None)  # as in a new process
     assert local_revision(parent) != first
 
-    # New bytes give a new stamp, so the revision follows the content, not the stale cache.
+    # New bytes give a new stamp, so the revision follows the content, not the stale entry.
     weights.write_bytes(b"B" * 4096)
-    changed = local_revision(parent)
-    assert changed != first
+    assert local_revision(parent) != first
     weights.write_bytes(b"A" * 4096)
-    cache_file.unlink()
     assert local_revision(parent) == first
+
+
+def test_layer_range_past_the_parents_layers_is_refused(write_recipe, capsys):
+    recipe = write_recipe(
+        HEADER
+        + """\
+slices:
+  - sources:
+      - model: {base}
+        layer_range: [2, 8]
+      - model: {other}
+        layer_range: [2, 8]
+parameters:
+  t: 0.5
+"""
+    )
+    assert main(["plan", str(recipe), "--json"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""  # no bogus table
+    assert "layer_range [2, 8]" in captured.err and "runs past its 4 layers" in captured.err
+
+
+@pytest.mark.parametrize("command", ["plan", "lock"])
+def test_missing_local_parent_is_named_as_a_directory(command, tmp_path, capsys):
+    path = tmp_path / "local.yaml"
+    path.write_text(
+        HEADER.replace("{base}", "./parents/base")
+        + """\
+slices:
+  - sources:
+      - model: ./parents/base
+        layer_range: [0, 2]
+      - model: ./parents/other
+        layer_range: [0, 2]
+parameters:
+  t: 0.5
+"""
+    )
+    assert main([command, str(path)]) == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'parents' / 'base'} does not exist" in err
+    assert "Hub lookup" not in err and "Traceback" not in err
+    assert not (tmp_path / "local.lock.json").exists()

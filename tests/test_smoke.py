@@ -166,3 +166,19 @@ def test_smoke_fails_on_an_empty_reply(parent: Path, tmp_path: Path) -> None:
 
     with pytest.raises(SmokeError, match="empty reply"):
         run_smoke(model, SETTINGS)
+
+
+def test_smoke_fails_when_two_greedy_runs_differ(parent: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from publisher.smoke import _converse
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(parent)
+    model = AutoModelForCausalLM.from_pretrained(parent)
+    # Noise on the logits stands in for a nondeterministic GPU kernel: files alone cannot make
+    # greedy decoding on CPU vary, so the check is exercised on the loaded model.
+    model.lm_head.register_forward_hook(lambda _m, _i, out: out + 100 * torch.randn_like(out))
+    with pytest.raises(SmokeError, match="two greedy runs of 'Hello' gave different replies"):
+        _converse(tokenizer, model, SmokePrompt(user="Hello"), max_new_tokens=8, device="cpu")
