@@ -347,6 +347,11 @@ def push_run(
         raise HubError(f"{run.card} does not exist; run the card stage first")
     try:
         validate_card(run.card.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise HubError(
+            f"{run.card} is not UTF-8 text ({exc.reason} at byte {exc.start}); nothing was "
+            "uploaded. Render it again (publisher run RECIPE --stages card,verify)"
+        ) from None
     except CardError as exc:
         raise HubError(
             f"the card's metadata does not validate, nothing was uploaded: {exc}"
@@ -356,6 +361,17 @@ def push_run(
         raise HubError(
             f"{run.verify} is missing or did not pass; nothing was uploaded "
             "(run the verify stage first)"
+        )
+    vouched = verify.get("verified_files") or {}
+    now = run.verified_files()
+    changed_since = sorted(
+        name for name in set(vouched) | set(now) if vouched.get(name) != now.get(name)
+    )
+    if not vouched or changed_since:
+        raise HubError(
+            "the run directory changed after verify passed "
+            f"({', '.join(changed_since[:5]) or 'no record of what was verified'}); nothing was "
+            "uploaded. Run the verify stage again (publisher run RECIPE --stages verify)"
         )
     if "/" not in repo_id:
         raise HubError(

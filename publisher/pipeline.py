@@ -376,6 +376,7 @@ def _stage_eval(ctx: RunContext) -> list[Path]:
         settings,
         ctx.run.eval_dir,
         device=ctx.options.device,
+        dtype=settings.dtype,
         backend=settings.backend,
     )
     return [ctx.run.eval_results]

@@ -75,3 +75,22 @@ class RunDir:
     def ensure(self) -> RunDir:
         self.root.mkdir(parents=True, exist_ok=True)
         return self
+
+    def verified_files(self) -> dict[str, str]:
+        """sha256 of each file verify vouches for, by path in the run directory.
+
+        The weights, tokenizer and config (`merged/`), the card and its image, and the reports
+        the card shows. `verify.json` records them; a push compares them again, so nothing
+        changed after verify reaches the Hub.
+        """
+        from publisher.digests import sha256_file
+
+        files = (
+            sorted(p for p in self.merged.rglob("*") if p.is_file()) if self.merged.is_dir() else []
+        )
+        files += [
+            f
+            for f in (self.card, self.image, self.plan, self.smoke, self.eval_results)
+            if f.exists()
+        ]
+        return {f.relative_to(self.root).as_posix(): sha256_file(f) for f in files}

@@ -58,7 +58,7 @@ class TensorCheck:
 
 @dataclass
 class VerifyReport:
-    """What `verify.json` holds."""
+    """What `verify.json` holds; `verified_files` maps each file checked to its sha256."""
 
     passed: bool
     tolerance: float
@@ -66,6 +66,7 @@ class VerifyReport:
     tensors: list[TensorCheck] = field(default_factory=list)
     card_checks: list[dict[str, Any]] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    verified_files: dict[str, str] = field(default_factory=dict)
 
     def write(self, path: Path) -> Path:
         Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
@@ -615,4 +616,5 @@ def verify_run(
         tensors=checks,
         card_checks=card_checks,
         failures=failures,
+        verified_files=run.verified_files(),
     )

@@ -196,6 +196,29 @@ def test_unverified_run_is_refused(tiny_run, local_hub, copy_run):
     assert not HfApi().repo_exists(REPO)
 
 
+def _flip_last_byte(data: bytes) -> bytes:
+    return data[:-2] + bytes([data[-2] ^ 0xFF]) + data[-1:]
+
+
+def _edit_notes(data: bytes) -> bytes:
+    return data.replace(b"_Text you write", b"_Text I wrote", 1)
+
+
+@pytest.mark.parametrize(
+    ("changed", "edit"), [("README.md", _edit_notes), ("merged/model.safetensors", _flip_last_byte)]
+)
+def test_files_changed_after_verify_are_refused(tiny_run, local_hub, copy_run, changed, edit):
+    _, original, _ = tiny_run
+    run_dir = copy_run(original)
+    target = run_dir / changed
+    before = target.read_bytes()
+    target.write_bytes(edit(before))  # after verify passed
+    assert target.read_bytes() != before
+    with pytest.raises(HubError, match=f"changed after verify passed \\({changed}\\)"):
+        push_run(run_dir, REPO, log=quiet)
+    assert not HfApi().repo_exists(REPO)
+
+
 def test_model_page_shows_the_card(tiny_run, local_hub):
     _, run_dir, _ = tiny_run
     push_run(run_dir, REPO, log=quiet)
@@ -472,3 +495,13 @@ def test_demo_publishes_the_tiny_merge_to_the_local_hub(tmp_path):
         lock = json.loads((out / "recipes" / "tiny-demo-slerp.lock.json").read_text())
         for parent_id, entry in lock["parents"].items():
             assert entry["revision"] == HfApi().model_info(parent_id).sha  # pinned by SHA
+
+
+def test_card_that_is_not_utf8_is_refused_plainly(tiny_run, local_hub, copy_run):
+    _, original, _ = tiny_run
+    run_dir = copy_run(original)
+    card = run_dir / "README.md"
+    card.write_bytes(card.read_bytes() + b"\xc1\xff")
+    with pytest.raises(HubError, match="is not UTF-8 text"):
+        push_run(run_dir, REPO, log=quiet)
+    assert not HfApi().repo_exists(REPO)

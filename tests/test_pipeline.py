@@ -236,3 +236,27 @@ def test_no_stages_and_a_file_as_run_directory_are_clear_errors(finished_run, tm
     a_file.write_text("")
     assert main(["run", str(recipe), "--out", str(a_file)]) == 1
     assert "is a file" in capsys.readouterr().err
+
+
+def test_eval_dtype_and_task_directories_come_from_the_recipe(finished_run, copy_run, tmp_path):
+    import shutil
+
+    recipe, original, _ = finished_run
+    run = copy_run(original)
+    # A custom task directory beside the recipe, given relative to it.
+    recipe_dir = tmp_path / "recipes"
+    tasks = recipe_dir / "my-tasks"
+    shutil.copytree(original / "eval" / "tasks", tasks)
+    for yaml_file in tasks.glob("*.yaml"):
+        text = yaml_file.read_text().replace("publisher_tiny_qa", "my_tiny_qa")
+        yaml_file.write_text(text)
+    custom = recipe_dir / "custom.yaml"
+    custom.write_text(
+        recipe.read_text()
+        .replace("tasks: [publisher_tiny_qa]", "tasks: [my_tiny_qa]\n    dtype: float32")
+        .replace("    limit: 10\n", "    limit: 10\n    include_paths: [my-tasks]\n")
+    )
+    assert main(["run", str(custom), "--out", str(run), "--stages", "eval"]) == 0
+    results = json.loads((run / "eval" / "results.json").read_text())
+    assert results["config"]["model_args"]["dtype"] == "float32"
+    assert "my_tiny_qa" in results["results"]

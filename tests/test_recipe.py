@@ -198,3 +198,187 @@ def test_shipped_recipes_are_valid(capsys):
     recipes = sorted(root.glob("*.yaml"))
     assert len(recipes) >= 2
     assert main(["validate", *map(str, recipes)]) == 0, capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# audit: t entries, where t comes from, one line per node, repo ids, nesting, duplicate keys
+
+TWO_SLICES = """\
+slices:
+  - sources:
+      - model: {base}
+        layer_range: [0, 2]
+      - model: {other}
+        layer_range: [0, 2]
+    parameters:
+      t: 0.5
+  - sources:
+      - model: {base}
+        layer_range: [2, 4]
+      - model: {other}
+        layer_range: [2, 4]
+merge_method: slerp
+base_model: {base}
+"""
+
+MODELS = """\
+models:
+  - model: {base}
+  - model: {other}
+merge_method: slerp
+base_model: {base}
+"""
+
+TYPO_ENTRY = "[{filtr: self_attn, value: [0, 1]}, {value: 0.5}]"
+
+AUDIT = [
+    # (id, text, expected line, message fragment)
+    (
+        "t-entry-typo-top",
+        VALID.split("parameters:")[0] + f"parameters:\n  t: {TYPO_ENTRY}\n",
+        10,
+        "unknown key 'filtr' in a t entry. Did you mean 'filter'?",
+    ),
+    (
+        "t-entry-typo-slice",
+        TWO_SLICES.replace("      t: 0.5", f"      t: {TYPO_ENTRY}"),
+        8,
+        "Did you mean 'filter'?",
+    ),
+    (
+        "t-entry-typo-model",
+        MODELS.replace(
+            "  - model: {other}\n",
+            f"  - model: {{other}}\n    parameters:\n      t: {TYPO_ENTRY}\n",
+        )
+        + "parameters:\n  t: 0.5\n",
+        5,
+        "Did you mean 'filter'?",
+    ),
+    (
+        "t-entry-typo-source",
+        VALID.replace(
+            "      - model: {other}\n        layer_range: [0, 4]\n",
+            f"      - model: {{other}}\n        layer_range: [0, 4]\n"
+            f"        parameters: {{t: {TYPO_ENTRY}}}\n",
+        ),
+        7,
+        "Did you mean 'filter'?",
+    ),
+    ("t-empty-list", VALID.split("parameters:")[0] + "parameters:\n  t: []\n", 10, "empty list"),
+    (
+        "t-no-fallback",
+        VALID.replace("    - value: 0.5\n", ""),
+        11,
+        "add e.g. '- value: 0.5' as the last entry",
+    ),
+    (
+        "t-no-fallback-in-slice-or-top",
+        TWO_SLICES.replace("      t: 0.5", "      t: [{filter: mlp, value: 1}]")
+        + "parameters:\n  t: {filter: self_attn, value: 0.5}\n",
+        17,
+        "no entry without a filter",
+    ),
+    (
+        "t-only-per-source",
+        VALID.split("parameters:")[0].replace(
+            "      - model: {other}\n        layer_range: [0, 4]\n",
+            "      - model: {other}\n        layer_range: [0, 4]\n        parameters:\n"
+            "          t: 0.5\n",
+        ),
+        8,
+        "move it there",
+    ),
+    (
+        "t-only-per-model",
+        MODELS.replace(
+            "  - model: {other}\n", "  - model: {other}\n    parameters:\n      t: 0.5\n"
+        ),
+        5,
+        "top-level 'parameters:'; move it there",
+    ),
+    ("slice-without-t", TWO_SLICES, 9, "slice 1 gets no t"),
+    (
+        "t-entry-after-fallback",
+        VALID.replace("    - filter: self_attn\n", "    - value: 0.1\n    - filter: self_attn\n"),
+        12,
+        "never used",
+    ),
+    ("t-null", VALID.split("parameters:")[0] + "parameters:\n  t:\n", 10, "t must be a number"),
+    (
+        "chat-template-not-text",
+        VALID + "publish:\n  chat_template: [a, b]\n",
+        16,
+        "chat_template must be text; write one string",
+    ),
+    ("tags-not-a-list", VALID + "publish:\n  tags: abc\n", 16, "'tags: [abc]'"),
+    ("repo-id-trailing-dash", VALID + "publish:\n  repo_id: Gille/foo-\n", 16, "repo id"),
+    ("repo-id-dot-git", VALID + "publish:\n  repo_id: Gille/foo.git\n", 16, ".git"),
+    ("duplicate-key", VALID + "dtype: bfloat16\n", 15, "duplicate key 'dtype' (first at line 14)"),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "fragment"), [a[1:] for a in AUDIT], ids=[a[0] for a in AUDIT]
+)
+def test_audit_findings_are_reported_at_their_line(write_recipe, capsys, text, line, fragment):
+    test_broken_recipe_is_reported_at_its_line(write_recipe, capsys, text, line, fragment)
+
+
+ONE_LINE = [
+    # (id, text, message fragment): pydantic fails once per union member; one line is enough
+    ("t-value-mapping", VALID.replace("- value: 0.5", "- value: {a: 1}"), "t value is a mapping"),
+    (
+        "t-mapping-in-list",
+        VALID.split("parameters:")[0] + "parameters:\n  t: [{value: {a: 1}}]\n",
+        "t value",
+    ),
+    ("t-null", VALID.split("parameters:")[0] + "parameters:\n  t:\n", "{filter, value} entries"),
+    ("batch-size", VALID + "publish:\n  eval:\n    batch_size: x\n", "a whole number or 'auto'"),
+    (
+        "inverted-range",
+        VALID.replace(
+            "layer_range: [0, 4]\n      - model: {other}",
+            "layer_range: [4, 0]\n      - model: {other}",
+        ),
+        "ascending",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"), [o[1:] for o in ONE_LINE], ids=[o[0] for o in ONE_LINE]
+)
+def test_one_bad_node_gives_one_line(write_recipe, capsys, text, fragment):
+    code, problems, output = run_validate(write_recipe(text), capsys)
+    assert code == 1, output
+    assert len(problems) == 1, output
+    assert fragment in problems[0]["msg"]
+
+
+def test_t_filtered_in_slice_falls_back_to_top_level(write_recipe, capsys):
+    text = TWO_SLICES.replace("      t: 0.5", "      t: [{filter: mlp, value: 1}]")
+    code, problems, output = run_validate(write_recipe(text + "parameters:\n  t: 0.3\n"), capsys)
+    assert code == 0, output
+
+
+def test_default_repo_id_from_file_name_is_checked(write_recipe, capsys):
+    path = write_recipe(VALID, name="filename with space.yaml")
+    code, problems, output = run_validate(path, capsys)
+    assert code == 1, output
+    assert [(p["line"], p["col"]) for p in problems] == [("1", "1")]
+    assert "'filename with space'" in problems[0]["msg"]
+    assert "set publish.repo_id" in problems[0]["msg"]
+    ok = write_recipe(VALID + "publish:\n  repo_id: me/fine\n", name="filename with space.yaml")
+    assert run_validate(ok, capsys)[0] == 0
+
+
+def test_deep_nesting_is_a_problem_and_other_files_still_validate(write_recipe, tmp_path, capsys):
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("[" * 5000 + "\n", encoding="utf-8")
+    good = write_recipe(VALID, name="good.yaml")
+    assert main(["validate", str(deep), str(good)]) == 1
+    captured = capsys.readouterr()
+    assert f"{deep}:1:1: recipe is nested too deeply" in captured.err
+    assert "RecursionError" not in captured.err
+    assert f"{good}: ok" in captured.out
