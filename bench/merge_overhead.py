@@ -231,8 +231,9 @@ def main() -> int:
             )
         lib.print_table(["variant", "interpreter+exit", *phase_names], rows)
         print(
-            "\n(import includes torch, transformers and mergekit; resolve_parents hashes every "
-            "parent weight file with sha256; 'stage' hands the parents over unhashed.)"
+            "\n(import includes torch, transformers and mergekit; resolve_parents pins local "
+            "parents by sha256, reusing digests cached by file stat; 'stage' hands the parents "
+            "over unhashed.)"
         )
     print(
         f"\nbenchmark process peak RSS (floor under every child's): "
