@@ -219,6 +219,12 @@ def _shard_size(text: str) -> str:
     return text
 
 
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a port number (1 to 65535)")
+    return int(text)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from publisher import actions
     from publisher.pipeline import (
@@ -453,7 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     hub_sub = p.add_subparsers(dest="hub_command", required=True, metavar="HUB_COMMAND")
     hp = hub_sub.add_parser("serve", help="serve the Hub API for huggingface_hub over HTTP")
     hp.add_argument("--host", default="127.0.0.1")
-    hp.add_argument("--port", type=int, default=8808)
+    hp.add_argument("--port", type=_port, default=8808)
     hp.add_argument("--data", default="build/hub-data", help="where repos are stored")
     hp.add_argument("--user", help="the user name whoami answers (default: publisher-demo)")
     hp.add_argument(
