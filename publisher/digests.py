@@ -39,20 +39,21 @@ def _load() -> dict[str, Any]:
             data = json.loads(source.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             data = {}
-        _cache = data if isinstance(data, dict) else {}
+        # Entries of files that are gone are dropped, once per process, so the file does not
+        # grow without bound.
+        data = data if isinstance(data, dict) else {}
+        _cache = {k: v for k, v in data.items() if os.path.exists(k)}
         _cache_source = source
     return _cache
 
 
 def _store(cache: dict[str, Any]) -> None:
-    # Best effort: a read-only home only costs a re-hash next time. Entries of files that are
-    # gone are dropped so the file does not grow without bound.
+    # Best effort: a read-only home only costs a re-hash next time.
     target = cache_file()
-    live = {k: v for k, v in cache.items() if os.path.exists(k)}
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(live, sort_keys=True), encoding="utf-8")
+        tmp.write_text(json.dumps(cache, sort_keys=True), encoding="utf-8")
         os.replace(tmp, target)
     except OSError:
         pass

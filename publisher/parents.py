@@ -65,11 +65,14 @@ class ParentError(Exception):
     """A parent cannot be resolved; the message says which and what to do."""
 
 
+def _local_candidate(ref: str, recipe_dir: Path) -> Path:
+    # A relative path is relative to the recipe, as mergekit would not know.
+    return (recipe_dir / Path(ref).expanduser()).resolve()
+
+
 def _is_local(ref: str, recipe_dir: Path) -> Path | None:
-    candidate = Path(ref).expanduser()
-    if not candidate.is_absolute():
-        candidate = recipe_dir / candidate
-    return candidate.resolve() if candidate.is_dir() else None
+    candidate = _local_candidate(ref, recipe_dir)
+    return candidate if candidate.is_dir() else None
 
 
 def _path_like(ref: str) -> bool:
@@ -79,10 +82,9 @@ def _path_like(ref: str) -> bool:
 
 
 def _missing_local_parent(ref: str, recipe_dir: Path) -> str:
-    where = (recipe_dir / Path(ref).expanduser()).resolve()
     return (
-        f"'{ref}' looks like a local directory, but {where} does not exist; build or download "
-        "the model there, or reference it by its Hub repo id"
+        f"'{ref}' looks like a local directory, but {_local_candidate(ref, recipe_dir)} does "
+        "not exist; build or download the model there, or reference it by its Hub repo id"
     )
 
 

@@ -219,9 +219,10 @@ class _Locator:
         return Problem(self.file, node.start_mark.line + 1, node.start_mark.column + 1, message)
 
 
-def _closest(word: str, options: list[str]) -> str:
+def _closest(word: str, options: list[str], otherwise: str = "") -> str:
+    """ " Did you mean 'x'?" for the option closest to `word`, else `otherwise`."""
     match = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
-    return f" Did you mean '{match[0]}'?" if match else ""
+    return f" Did you mean '{match[0]}'?" if match else otherwise
 
 
 def _known_keys(model: type[BaseModel]) -> list[str]:
@@ -420,12 +421,12 @@ def _validate_publish(raw: Any, loc: _Locator, problems: list[Problem]) -> Publi
                 continue
             owner = _model_for_path(PublishSettings, err["loc"][:-1])
             word = str(err["loc"][-1])
-            hint = _closest(word, _known_keys(owner)) if owner else ""
-            known = ", ".join(_known_keys(owner)) if owner else ""
+            known = _known_keys(owner) if owner else []
+            hint = _closest(word, known, " Known keys: " + ", ".join(known))
             problems.append(
                 loc.problem(
                     (PUBLISH_KEY, *err["loc"]),
-                    f"unknown key '{word}' in publish settings.{hint or ' Known keys: ' + known}",
+                    f"unknown key '{word}' in publish settings.{hint}",
                     key=True,
                 )
             )
@@ -441,19 +442,23 @@ def _validate_publish(raw: Any, loc: _Locator, problems: list[Problem]) -> Publi
             )
         )
     if publish.license is not None and publish.license not in HUB_LICENSES:
-        hint = _closest(publish.license, sorted(HUB_LICENSES))
+        hint = _closest(
+            publish.license, sorted(HUB_LICENSES), " Use an id such as apache-2.0, mit or other."
+        )
         problems.append(
             loc.problem(
                 (PUBLISH_KEY, "license"),
-                f"'{publish.license}' is not a Hub license id.{hint or ' Use an id such as apache-2.0, mit or other.'}",
+                f"'{publish.license}' is not a Hub license id.{hint}",
             )
         )
     if publish.eval.suite is not None and publish.eval.suite not in EVAL_SUITES:
-        hint = _closest(publish.eval.suite, list(EVAL_SUITES))
+        hint = _closest(
+            publish.eval.suite, list(EVAL_SUITES), " Known suites: " + ", ".join(EVAL_SUITES)
+        )
         problems.append(
             loc.problem(
                 (PUBLISH_KEY, "eval", "suite"),
-                f"unknown eval suite '{publish.eval.suite}'.{hint or ' Known suites: ' + ', '.join(EVAL_SUITES)}",
+                f"unknown eval suite '{publish.eval.suite}'.{hint}",
             )
         )
     if not publish.smoke.prompts:
@@ -688,11 +693,15 @@ def _check_unknown_keys(
             _check_parameters(item, (*path, key), loc, problems)
             continue
         if str(key) not in known:
-            hint = _closest(str(key), known + ([PUBLISH_KEY] if path == () else []))
+            hint = _closest(
+                str(key),
+                known + ([PUBLISH_KEY] if path == () else []),
+                " Known keys: " + ", ".join(known),
+            )
             problems.append(
                 loc.problem(
                     (*path, key),
-                    f"unknown key '{key}'.{hint or ' Known keys: ' + ', '.join(known)}",
+                    f"unknown key '{key}'.{hint}",
                     key=True,
                 )
             )
@@ -730,11 +739,11 @@ def _check_parameters(
     names = _slerp_parameter_names()
     for key, setting in params.items():
         if key not in names:
-            hint = _closest(str(key), names)
+            hint = _closest(str(key), names, " SLERP takes: " + ", ".join(names))
             problems.append(
                 loc.problem(
                     (*path, key),
-                    f"unknown SLERP parameter '{key}'.{hint or ' SLERP takes: ' + ', '.join(names)}",
+                    f"unknown SLERP parameter '{key}'.{hint}",
                     key=True,
                 )
             )
@@ -810,11 +819,11 @@ def _check_entry(
     known = _known_keys(ConditionalParameter)
     unknown = [key for key in entry if str(key) not in known]
     for key in unknown:
-        hint = _closest(str(key), known)
+        hint = _closest(str(key), known, " Entries take: " + ", ".join(known))
         problems.append(
             loc.problem(
                 (*where, key),
-                f"unknown key '{key}' in a {name} entry.{hint or ' Entries take: ' + ', '.join(known)}",
+                f"unknown key '{key}' in a {name} entry.{hint}",
                 key=True,
             )
         )
@@ -903,11 +912,11 @@ def _validate_slerp_rules(
         )
         return
     if config.dtype is not None and config.dtype not in KNOWN_DTYPES:
-        hint = _closest(config.dtype, list(KNOWN_DTYPES))
+        hint = _closest(config.dtype, list(KNOWN_DTYPES), " Use one of: " + ", ".join(KNOWN_DTYPES))
         problems.append(
             loc.problem(
                 ("dtype",),
-                f"unknown dtype '{config.dtype}'.{hint or ' Use one of: ' + ', '.join(KNOWN_DTYPES)}",
+                f"unknown dtype '{config.dtype}'.{hint}",
             )
         )
     if config.out_dtype is not None and config.out_dtype not in KNOWN_DTYPES:

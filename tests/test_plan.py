@@ -21,6 +21,24 @@ base_model: {base}
 dtype: float32
 """
 
+
+def one_slice(base: str, other: str, layers: str = "[0, 2]") -> str:
+    """A one-slice recipe with a scalar t, for tests about the parents rather than the schedule."""
+    return (
+        HEADER.replace("{base}", base)
+        + f"""\
+slices:
+  - sources:
+      - model: {base}
+        layer_range: {layers}
+      - model: {other}
+        layer_range: {layers}
+parameters:
+  t: 0.5
+"""
+    )
+
+
 RECIPES = {
     "gradients-and-filters": """\
 slices:
@@ -171,19 +189,7 @@ def test_seed_recipe_plans_offline_from_its_lock(capsys, monkeypatch):
 
 def test_unresolvable_hub_parent_offline_says_so(tmp_path, capsys, monkeypatch):
     path = tmp_path / "hub.yaml"
-    path.write_text(
-        HEADER.replace("{base}", "org/base-model")
-        + """\
-slices:
-  - sources:
-      - model: org/base-model
-        layer_range: [0, 2]
-      - model: org/other-model
-        layer_range: [0, 2]
-parameters:
-  t: 0.5
-"""
-    )
+    path.write_text(one_slice("org/base-model", "org/other-model"))
     assert main(["plan", str(path)]) == 1
     err = capsys.readouterr().err
     assert "org/base-model" in err and "publisher lock" in err and "Traceback" not in err
@@ -231,19 +237,7 @@ def test_local_revision_follows_content_and_reuses_cached_digests(tmp_path, monk
 
 
 def test_layer_range_past_the_parents_layers_is_refused(write_recipe, capsys):
-    recipe = write_recipe(
-        HEADER
-        + """\
-slices:
-  - sources:
-      - model: {base}
-        layer_range: [2, 8]
-      - model: {other}
-        layer_range: [2, 8]
-parameters:
-  t: 0.5
-"""
-    )
+    recipe = write_recipe(one_slice("{base}", "{other}", layers="[2, 8]"))
     assert main(["plan", str(recipe), "--json"]) == 1
     captured = capsys.readouterr()
     assert captured.out == ""  # no bogus table
@@ -253,19 +247,7 @@ parameters:
 @pytest.mark.parametrize("command", ["plan", "lock"])
 def test_missing_local_parent_is_named_as_a_directory(command, tmp_path, capsys):
     path = tmp_path / "local.yaml"
-    path.write_text(
-        HEADER.replace("{base}", "./parents/base")
-        + """\
-slices:
-  - sources:
-      - model: ./parents/base
-        layer_range: [0, 2]
-      - model: ./parents/other
-        layer_range: [0, 2]
-parameters:
-  t: 0.5
-"""
-    )
+    path.write_text(one_slice("./parents/base", "./parents/other"))
     assert main([command, str(path)]) == 1
     err = capsys.readouterr().err
     assert f"{tmp_path / 'parents' / 'base'} does not exist" in err

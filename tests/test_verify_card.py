@@ -30,6 +30,14 @@ def _failed(run: Path) -> list[str]:
     return [c["what"] for c in _report(run)["card_checks"] if not c["ok"]]
 
 
+def _fails_only_on(recipe: Path, run: Path, capsys, what: str) -> None:
+    """verify exits 1, says `what`, and `what` is its only failed card check."""
+    assert _verify(recipe, run) == 1
+    err = capsys.readouterr().err
+    assert "stage 'verify' failed" in err and what in err
+    assert _failed(run) == [what]
+
+
 def _tamper(run: Path, edit) -> str:
     """Apply `edit` to the run's README.md; fail the test if it changed nothing."""
     path = run / "README.md"
@@ -113,11 +121,7 @@ def test_verify_catches_a_changed_eval_table_cell(run, capsys, cell):
         return row.sub(change, card, count=1)
 
     _tamper(run_dir, edit)
-    assert _verify(recipe, run_dir) == 1
-    err = capsys.readouterr().err
-    assert "stage 'verify' failed" in err
-    assert f"eval table {TASK} acc (value ± stderr, shots)" in err
-    assert _failed(run_dir) == [f"eval table {TASK} acc (value ± stderr, shots)"]
+    _fails_only_on(recipe, run_dir, capsys, f"eval table {TASK} acc (value ± stderr, shots)")
 
 
 def test_verify_catches_an_eval_table_row_results_json_lacks(run, capsys):
@@ -132,9 +136,7 @@ def test_verify_catches_an_eval_table_row_results_json_lacks(run, capsys):
             flags=re.M,
         ),
     )
-    assert _verify(recipe, run_dir) == 1
-    assert "eval table rows not in results.json" in capsys.readouterr().err
-    assert _failed(run_dir) == ["eval table rows not in results.json"]
+    _fails_only_on(recipe, run_dir, capsys, "eval table rows not in results.json")
 
 
 @pytest.mark.parametrize(
@@ -155,10 +157,7 @@ def test_verify_catches_changed_smoke_numbers(run, capsys, label, group):
 
     speed = re.compile(r"(\d+) tokens in (\S+) s \((\S+) tokens/s\)")
     _tamper(run_dir, lambda card: _in_smoke_section(card, lambda s: speed.sub(change, s, 1)))
-    assert _verify(recipe, run_dir) == 1
-    err = capsys.readouterr().err
-    assert f"smoke prompt 1 {label}" in err
-    assert _failed(run_dir) == [f"smoke prompt 1 {label}"]
+    _fails_only_on(recipe, run_dir, capsys, f"smoke prompt 1 {label}")
 
 
 def test_verify_catches_a_changed_smoke_status(run, capsys):
