@@ -32,7 +32,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from publisher.evaluate import EvalRow, EvalSummary
 from publisher.licenses import HUB_LICENSES
 from publisher.parents import ParentInfo
-from publisher.recipe import Recipe
+from publisher.recipe import Recipe, repo_id_problem
 from publisher.rundir import CARD_NAME, IMAGE_NAME
 from publisher.schedule import DEFAULT_GROUP, Plan, group_of
 from publisher.smoke import SmokeReport
@@ -396,19 +396,6 @@ def _base_model_id(parent: ParentInfo) -> str:
 # Validation
 
 
-def _is_hub_model_id(value: object) -> bool:
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
-    if not isinstance(value, str) or not value:
-        return False
-    try:
-        validate_repo_id(value)
-    except HFValidationError:
-        return False
-    return True
-
-
 def validate_card(text: str) -> ModelCard:
     """Check a card offline and return it parsed; raise `CardError` saying what is wrong.
 
@@ -452,7 +439,7 @@ def validate_card(text: str) -> ModelCard:
                 f"base_model entry {entry!r} is not a Hub model id (org/name); local "
                 "parents belong in the card body, not the metadata"
                 for entry in ids
-                if not _is_hub_model_id(entry)
+                if not isinstance(entry, str) or not entry or repo_id_problem(entry)
             )
         if raw.get("base_model_relation") != "merge":
             problems.append(

@@ -238,7 +238,7 @@ def _default_repo_id(name: str) -> str:
     return f"{namespace}/{name}" if namespace else name
 
 
-def _repo_id_problem(repo_id: str) -> str | None:
+def repo_id_problem(repo_id: str) -> str | None:
     """Why the Hub would refuse `repo_id`, or None when it is fine."""
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
@@ -333,7 +333,7 @@ def _load_recipe(path: Path) -> Recipe:
 
     name = path.stem
     repo_id = publish.repo_id or _default_repo_id(name)
-    if publish.repo_id is None and (reason := _repo_id_problem(repo_id)):
+    if publish.repo_id is None and (reason := repo_id_problem(repo_id)):
         # the file name is the only source of the id: point at the top of the file
         problems.append(
             Problem(
@@ -433,7 +433,7 @@ def _validate_publish(raw: Any, loc: _Locator, problems: list[Problem]) -> Publi
         others = [err for err in exc.errors() if err["type"] != "extra_forbidden"]
         problems.extend(_schema_problems(others, PublishSettings, (PUBLISH_KEY,), loc))
         return PublishSettings()
-    if publish.repo_id is not None and (reason := _repo_id_problem(publish.repo_id)):
+    if publish.repo_id is not None and (reason := repo_id_problem(publish.repo_id)):
         problems.append(
             loc.problem(
                 (PUBLISH_KEY, "repo_id"),

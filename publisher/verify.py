@@ -236,22 +236,28 @@ def _closes(line: str, fence: str) -> bool:
     return bool(stripped) and set(stripped) == {"`"} and len(stripped) >= len(fence)
 
 
-def _lines(text: str) -> list[tuple[str, bool]]:
-    """The lines of Markdown `text` (split on "\n" only), each with whether it is part of a
-    backtick code fence (fence lines included), so headings inside code are not headings."""
-    out: list[tuple[str, bool]] = []
+def _fence_roles(text: str) -> list[tuple[str, str | None]]:
+    """The lines of Markdown `text` (split on "\n" only), each with its part in a backtick code
+    fence: "open", "code" or "close", or None outside one."""
+    out: list[tuple[str, str | None]] = []
     fence = ""
     for line in text.split("\n"):
         if fence:
-            if _closes(line, fence):
-                fence = ""
-            out.append((line, True))
+            closing = _closes(line, fence)
+            fence = "" if closing else fence
+            out.append((line, "close" if closing else "code"))
             continue
         match = _OPEN_FENCE.match(line)
         if match:
             fence = match.group(1)
-        out.append((line, bool(match)))
+        out.append((line, "open" if match else None))
     return out
+
+
+def _lines(text: str) -> list[tuple[str, bool]]:
+    """The lines of Markdown `text`, each with whether it is part of a code fence (fence lines
+    included), so headings inside code are not headings."""
+    return [(line, role is not None) for line, role in _fence_roles(text)]
 
 
 def _section(body: str, heading: str) -> str | None:
@@ -287,21 +293,16 @@ def _subsections(section: str, prefix: str) -> tuple[str, list[str]]:
 
 
 def _fenced_blocks(text: str) -> list[str]:
-    """The contents of the backtick code fences in `text`, verbatim."""
+    """The contents of the closed backtick code fences in `text`, verbatim."""
     blocks: list[str] = []
-    fence = ""
     current: list[str] = []
-    for line in text.split("\n"):
-        if fence:
-            if _closes(line, fence):
-                blocks.append("\n".join(current))
-                fence = ""
-            else:
-                current.append(line)
-            continue
-        match = _OPEN_FENCE.match(line)
-        if match:
-            fence, current = match.group(1), []
+    for line, role in _fence_roles(text):
+        if role == "open":
+            current = []
+        elif role == "code":
+            current.append(line)
+        elif role == "close":
+            blocks.append("\n".join(current))
     return blocks
 
 
