@@ -1,29 +1,26 @@
-"""GitHub Actions integration through github-action-toolkit.
+"""GitHub Actions integration through github-action-toolkit: a shell module, like `cli`.
 
 Every reporting function is a no-op outside Actions (`GITHUB_ACTIONS` unset), so the CLI calls
 them unconditionally: annotations for recipe problems, grouped logs, the step summary, outputs,
-and masking of the Hub and GitHub tokens.
+and masking of the Hub and GitHub tokens. Stages never import this module: the CLI hands them an
+`ActionsReporter` as their `log`.
 
-Two subcommands serve the workflows in `.github/workflows/` (see docs/actions.md):
-
-- `publisher changed --base REF [--head REF] [--json]`: the recipes a pull request or push
-  changed, as the `recipes` output (a JSON list) that a job matrix fans out over.
-- `publisher comment --body-file FILE [--pr N] [--marker M]`: create, or update in place, the one
-  pull-request comment that carries the marker.
+The CLI's `changed` and `comment` commands (see docs/actions.md) are built on `changed_recipes`
+and `upsert_comment` here.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import os
 import re
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Literal
+
+from publisher.errors import CommandError
 
 if TYPE_CHECKING:
     import requests
@@ -47,8 +44,6 @@ LOCK_SUFFIX = ".lock.json"
 # A recipe's file name becomes a matrix value, an artifact name and the default Hub repo name:
 # keep it to characters that are safe in all three.
 SAFE_RECIPE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-# `git diff` against this "before" SHA means there is no earlier commit (a new branch).
-NULL_SHA = "0" * 40
 
 PREVIEW_MARKER = "<!-- publisher:preview -->"
 DEFAULT_API_URL = "https://api.github.com"
@@ -176,6 +171,22 @@ def mask(value: str) -> None:
         gat.add_mask(value)
 
 
+@dataclass(frozen=True)
+class ActionsReporter:
+    """The `publisher.report.Reporter` for GitHub Actions: each stage a log group, tokens masked."""
+
+    log: Callable[[str], None] = print
+
+    def __call__(self, text: str) -> None:
+        self.log(text)
+
+    def group(self, title: str) -> contextlib.AbstractContextManager[None]:
+        return group(title)
+
+    def mask(self, secret: str) -> None:
+        mask(secret)
+
+
 @contextlib.contextmanager
 def masked_secrets() -> Iterator[None]:
     """Ask the runner to mask the Hub and GitHub tokens before anything can print them."""
@@ -193,13 +204,6 @@ def masked_secrets() -> Iterator[None]:
 # Which recipes changed
 
 
-def _command_error(message: str) -> Exception:
-    """The CLI's "known failure" (one `error:` line, exit 1), imported late to avoid a cycle."""
-    from publisher.cli import CommandError
-
-    return CommandError(message)
-
-
 def _git(repo: Path, *args: str) -> str:
     try:
         done = subprocess.run(
@@ -209,10 +213,10 @@ def _git(repo: Path, *args: str) -> str:
             check=False,
         )
     except FileNotFoundError:
-        raise _command_error("git is not installed; 'publisher changed' needs it") from None
+        raise CommandError("git is not installed; 'publisher changed' needs it") from None
     if done.returncode != 0:
         detail = done.stderr.strip().splitlines()
-        raise _command_error(
+        raise CommandError(
             f"git {args[0]} failed: {detail[0] if detail else f'exit {done.returncode}'}"
         )
     return done.stdout
@@ -254,7 +258,7 @@ def changed_recipes(base: str, head: str = "HEAD", repo: Path = Path(".")) -> li
         try:
             _git(repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
         except Exception:
-            raise _command_error(
+            raise CommandError(
                 f"'{ref}' is not a commit in this checkout; in Actions, fetch the full history "
                 "(actions/checkout with fetch-depth: 0)"
             ) from None
@@ -277,34 +281,6 @@ def changed_recipes(base: str, head: str = "HEAD", repo: Path = Path(".")) -> li
         elif path in present:
             chosen.add(path)
     return sorted(chosen)
-
-
-def cmd_changed(args: argparse.Namespace) -> int:
-    recipes = changed_recipes(args.base, args.head)
-    unsafe = [r for r in recipes if not SAFE_RECIPE_NAME.match(PurePosixPath(r).name)]
-    for path in unsafe:
-        annotate_error(
-            "rename this recipe: file names may use only letters, digits, '.', '_' and '-'",
-            title=f"unsafe recipe name: {path}",
-        )
-    if unsafe:
-        raise _command_error(
-            "recipe file names may use only letters, digits, '.', '_' and '-': "
-            + ", ".join(repr(r) for r in unsafe)
-        )
-    set_output("recipes", json.dumps(recipes))
-    set_output("any", "true" if recipes else "false")
-    if args.json:
-        print(json.dumps(recipes), flush=True)
-    else:
-        for path in recipes:
-            print(path, flush=True)
-    write_summary(
-        "### Changed recipes\n\n"
-        + ("\n".join(f"- `{r}`" for r in recipes) if recipes else "none")
-        + "\n"
-    )
-    return 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -368,13 +344,13 @@ class GitHubComments:
         try:
             response = self.session.request(method, url, json=body, timeout=HTTP_TIMEOUT_S)
         except requests.RequestException as exc:
-            raise _command_error(
+            raise CommandError(
                 f"GitHub API {method} {url}: {type(exc).__name__}; is GITHUB_API_URL right?"
             ) from None
         if response.status_code == 403:
             raise _Forbidden(_api_message(response))
         if response.status_code >= 400:
-            raise _command_error(
+            raise CommandError(
                 f"GitHub API {method} {url} answered {response.status_code}: "
                 f"{_api_message(response)}"
             )
@@ -475,71 +451,3 @@ def pr_number_from_event() -> int | None:
     if number is None and (data.get("issue") or {}).get("pull_request"):
         number = data["issue"].get("number")  # an issue_comment event on a pull request
     return int(number) if number is not None else None
-
-
-def cmd_comment(args: argparse.Namespace) -> int:
-    repo = os.environ.get("GITHUB_REPOSITORY", "").strip()
-    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo):
-        raise _command_error(
-            "GITHUB_REPOSITORY is not set to owner/name; run in GitHub Actions or set it"
-        )
-    token = os.environ.get("GITHUB_TOKEN", "").strip()
-    if not token:
-        raise _command_error(
-            "GITHUB_TOKEN is not set; pass it to the step (env: GITHUB_TOKEN: "
-            "${{ github.token }}) with 'pull-requests: write' permission"
-        )
-    number = args.pr or pr_number_from_event()
-    if not number:
-        raise _command_error("no pull request number: pass --pr N, or run on a pull_request event")
-    parts = []
-    for name in args.body_file:
-        try:
-            parts.append(Path(name).read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise _command_error(f"cannot read {name}: {exc.strerror or exc}") from None
-    api_url = os.environ.get("GITHUB_API_URL") or DEFAULT_API_URL
-    comments = GitHubComments(api_url, repo, token)
-    result = upsert_comment(comments, number, comment_body(parts, args.marker), args.marker)
-    print(result.message + (f": {result.url}" if result.url else ""), flush=True)
-    if result.action == "forbidden":
-        annotate_notice(result.message, title="preview comment skipped")
-    else:
-        set_output("comment_url", result.url or "")
-    return 0
-
-
-def register_commands(sub: Any) -> None:
-    """Add the Actions-facing subcommands (`changed`, `comment`) to the CLI's parser."""
-    p = sub.add_parser(
-        "changed",
-        help="list the recipes changed against a git ref (sets the 'recipes' output in Actions)",
-        description="List recipes/*.yaml that HEAD adds or changes compared with --base. A "
-        "changed lock file counts for its recipe, a changed template for every recipe; deleted "
-        "recipes are left out.",
-    )
-    p.add_argument("--base", required=True, help="commit or ref to compare with")
-    p.add_argument("--head", default="HEAD", help="commit or ref to look at (default: HEAD)")
-    p.add_argument("--json", action="store_true", help="print a JSON list")
-    p.set_defaults(func=cmd_changed)
-
-    p = sub.add_parser(
-        "comment",
-        help="create or update the one pull-request comment that carries the marker",
-        description="Post the body as the pull request's comment, or update the comment an "
-        "earlier run posted (found by its hidden marker). Uses GITHUB_API_URL, "
-        "GITHUB_REPOSITORY, GITHUB_TOKEN and the event payload at GITHUB_EVENT_PATH. A 403 "
-        "(the read-only token of a fork's pull request) is a notice, not a failure.",
-    )
-    p.add_argument(
-        "--body-file",
-        action="append",
-        required=True,
-        metavar="FILE",
-        help="markdown for the comment; repeat to join several files",
-    )
-    p.add_argument("--pr", type=int, help="pull request number (default: from the event)")
-    p.add_argument(
-        "--marker", default=PREVIEW_MARKER, help=f"hidden marker (default: {PREVIEW_MARKER})"
-    )
-    p.set_defaults(func=cmd_comment)

@@ -29,6 +29,7 @@ from huggingface_hub.repocard_data import model_index_to_eval_results
 from jinja2 import FileSystemLoader, StrictUndefined, TemplateError, TemplateNotFound
 from jinja2.sandbox import SandboxedEnvironment
 
+from publisher.errors import PublisherError
 from publisher.evaluate import EvalRow, EvalSummary
 from publisher.licenses import HUB_LICENSES
 from publisher.parents import ParentInfo
@@ -71,7 +72,7 @@ _FULL = "█"
 _EMPTY = "░"
 
 
-class CardError(Exception):
+class CardError(PublisherError):
     """The card cannot be rendered or does not validate; the message says what to fix."""
 
 

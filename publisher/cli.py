@@ -9,41 +9,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
 
-from publisher import __version__
+from publisher import __version__, actions
+from publisher.errors import CommandError, PublisherError
+
+__all__ = ["CommandError", "build_parser", "main"]
 
 EXIT_OK = 0
 EXIT_FAIL = 1
-EXIT_USAGE = 2
-
-
-class CommandError(Exception):
-    """A command failed for a reason the user can act on; the message says which."""
-
-
-def _known_errors() -> tuple[type[BaseException], ...]:
-    from publisher.parents import ParentError
-    from publisher.recipe import RecipeError
-    from publisher.schedule import PlanError
-
-    errors: list[type[BaseException]] = [CommandError, ParentError, RecipeError, PlanError]
-    for module, name in (
-        ("publisher.card", "CardError"),
-        ("publisher.merge", "MergeError"),
-        ("publisher.smoke", "SmokeError"),
-        ("publisher.evaluate", "EvalError"),
-        ("publisher.verify", "VerifyError"),
-        ("publisher.pipeline", "StageError"),
-        ("publisher.hub", "HubError"),
-    ):
-        try:
-            errors.append(getattr(__import__(module, fromlist=[name]), name))
-        except (ImportError, AttributeError):
-            continue
-    return tuple(errors)
 
 
 def _out(text: str = "") -> None:
@@ -59,14 +36,13 @@ def _err(text: str) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from publisher import actions
-    from publisher.recipe import load_recipe
+    from publisher.recipe import RecipeError, load_recipe
 
     failed = 0
     for path in args.files:
         try:
             recipe = load_recipe(path)
-        except _recipe_error() as err:
+        except RecipeError as err:
             failed += 1
             for problem in err.problems:
                 _err(str(problem))
@@ -77,12 +53,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
         _err(f"{failed} of {len(args.files)} recipe(s) invalid")
         return EXIT_FAIL
     return EXIT_OK
-
-
-def _recipe_error() -> type[Exception]:
-    from publisher.recipe import RecipeError
-
-    return RecipeError
 
 
 def _load_plan(recipe_path: str):
@@ -96,7 +66,6 @@ def _load_plan(recipe_path: str):
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from publisher import actions
     from publisher.schedule import plan_contract
 
     recipe, plan = _load_plan(args.recipe)
@@ -185,8 +154,6 @@ def cmd_card(args: argparse.Namespace) -> int:
     templates = Path(args.templates) if args.templates else None
     path = write_card(CardInputs(recipe=recipe, plan=plan), out, templates_dir=templates)
     _out(f"wrote {path} and {path.parent / 'schedule.png'}")
-    from publisher import actions
-
     actions.write_card_summary(path.read_text(encoding="utf-8"))
     return EXIT_OK
 
@@ -226,7 +193,6 @@ def _port(text: str) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from publisher import actions
     from publisher.pipeline import (
         RunOptions,
         default_run_dir,
@@ -264,7 +230,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         },
     )
     try:
-        run_pipeline(recipe, run_dir, options, log=_out)
+        run_pipeline(recipe, run_dir, options, log=actions.ActionsReporter(_out))
     finally:
         manifest = run_dir / "manifest.json"
         if manifest.exists():
@@ -274,8 +240,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _report_run(run_dir: Path) -> None:
-    from publisher import actions
-
     card = run_dir / "README.md"
     _out(f"run directory: {run_dir.resolve()}")
     if card.exists():
@@ -288,8 +252,6 @@ def _report_run(run_dir: Path) -> None:
 
 
 def _report_push(push: dict) -> None:
-    from publisher import actions
-
     _out(
         f"published:     {push['repo_url']} @ {push['commit_sha'][:12]}"
         + ("" if push["changed"] else " (unchanged, no new commit)")
@@ -325,10 +287,110 @@ def cmd_push(args: argparse.Namespace) -> int:
         create_pr=args.create_pr,
         private=args.private,
         revision=args.revision,
-        log=_out,
+        log=actions.ActionsReporter(_out),
     )
     _report_push(result.as_dict())
     return EXIT_OK
+
+
+def cmd_changed(args: argparse.Namespace) -> int:
+    recipes = actions.changed_recipes(args.base, args.head)
+    unsafe = [r for r in recipes if not actions.SAFE_RECIPE_NAME.match(PurePosixPath(r).name)]
+    for path in unsafe:
+        actions.annotate_error(
+            "rename this recipe: file names may use only letters, digits, '.', '_' and '-'",
+            title=f"unsafe recipe name: {path}",
+        )
+    if unsafe:
+        raise CommandError(
+            "recipe file names may use only letters, digits, '.', '_' and '-': "
+            + ", ".join(repr(r) for r in unsafe)
+        )
+    actions.set_output("recipes", json.dumps(recipes))
+    actions.set_output("any", "true" if recipes else "false")
+    if args.json:
+        _out(json.dumps(recipes))
+    else:
+        for path in recipes:
+            _out(path)
+    actions.write_summary(
+        "### Changed recipes\n\n"
+        + ("\n".join(f"- `{r}`" for r in recipes) if recipes else "none")
+        + "\n"
+    )
+    return 0
+
+
+def cmd_comment(args: argparse.Namespace) -> int:
+    repo = os.environ.get("GITHUB_REPOSITORY", "").strip()
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo):
+        raise CommandError(
+            "GITHUB_REPOSITORY is not set to owner/name; run in GitHub Actions or set it"
+        )
+    token = os.environ.get("GITHUB_TOKEN", "").strip()
+    if not token:
+        raise CommandError(
+            "GITHUB_TOKEN is not set; pass it to the step (env: GITHUB_TOKEN: "
+            "${{ github.token }}) with 'pull-requests: write' permission"
+        )
+    number = args.pr or actions.pr_number_from_event()
+    if not number:
+        raise CommandError("no pull request number: pass --pr N, or run on a pull_request event")
+    parts = []
+    for name in args.body_file:
+        try:
+            parts.append(Path(name).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise CommandError(f"cannot read {name}: {exc.strerror or exc}") from None
+    api_url = os.environ.get("GITHUB_API_URL") or actions.DEFAULT_API_URL
+    comments = actions.GitHubComments(api_url, repo, token)
+    result = actions.upsert_comment(
+        comments, number, actions.comment_body(parts, args.marker), args.marker
+    )
+    _out(result.message + (f": {result.url}" if result.url else ""))
+    if result.action == "forbidden":
+        actions.annotate_notice(result.message, title="preview comment skipped")
+    else:
+        actions.set_output("comment_url", result.url or "")
+    return 0
+
+
+def _add_actions_commands(sub: argparse._SubParsersAction) -> None:
+    """Add the Actions-facing subcommands (`changed`, `comment`) to the CLI's parser."""
+    p = sub.add_parser(
+        "changed",
+        help="list the recipes changed against a git ref (sets the 'recipes' output in Actions)",
+        description="List recipes/*.yaml that HEAD adds or changes compared with --base. A "
+        "changed lock file counts for its recipe, a changed template for every recipe; deleted "
+        "recipes are left out.",
+    )
+    p.add_argument("--base", required=True, help="commit or ref to compare with")
+    p.add_argument("--head", default="HEAD", help="commit or ref to look at (default: HEAD)")
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+    p.set_defaults(func=cmd_changed)
+
+    p = sub.add_parser(
+        "comment",
+        help="create or update the one pull-request comment that carries the marker",
+        description="Post the body as the pull request's comment, or update the comment an "
+        "earlier run posted (found by its hidden marker). Uses GITHUB_API_URL, "
+        "GITHUB_REPOSITORY, GITHUB_TOKEN and the event payload at GITHUB_EVENT_PATH. A 403 "
+        "(the read-only token of a fork's pull request) is a notice, not a failure.",
+    )
+    p.add_argument(
+        "--body-file",
+        action="append",
+        required=True,
+        metavar="FILE",
+        help="markdown for the comment; repeat to join several files",
+    )
+    p.add_argument("--pr", type=int, help="pull request number (default: from the event)")
+    p.add_argument(
+        "--marker",
+        default=actions.PREVIEW_MARKER,
+        help=f"hidden marker (default: {actions.PREVIEW_MARKER})",
+    )
+    p.set_defaults(func=cmd_comment)
 
 
 def cmd_hub_serve(args: argparse.Namespace) -> int:
@@ -353,8 +415,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo.run_demo(Path(args.out))
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for failures")
+def _add_common(parser: argparse.ArgumentParser, top: bool = False) -> None:
+    # A subcommand's default must not overwrite `publisher --debug COMMAND`'s True: argparse
+    # applies the subparser's defaults after the top level's, so only the top level has one.
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=False if top else argparse.SUPPRESS,
+        help="show tracebacks for failures",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -363,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Turn a mergekit SLERP recipe into a published Hugging Face model.",
     )
     parser.add_argument("--version", action="version", version=f"publisher {__version__}")
-    _add_common(parser)
+    _add_common(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(
@@ -474,17 +543,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="build/demo")
     p.set_defaults(func=cmd_demo)
 
-    from publisher import actions
-
-    for extend in (*_EXTENSIONS, actions.register_commands):
-        extend(sub)
+    _add_actions_commands(sub)
     for sp in sub.choices.values():
         _add_common(sp)
     return parser
-
-
-# Later stages register their subcommands here (run, push, hub, changed).
-_EXTENSIONS: list[Callable[[argparse._SubParsersAction], None]] = []
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -493,12 +555,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = args.debug or bool(os.environ.get("PUBLISHER_DEBUG"))
     if not debug:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    from publisher import actions
-
     try:
         with actions.masked_secrets():
             return int(args.func(args) or 0)
-    except _known_errors() as exc:
+    except PublisherError as exc:
         if debug:
             raise
         from publisher.recipe import RecipeError

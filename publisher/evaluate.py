@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 from huggingface_hub import EvalResult
 
+from publisher.errors import PublisherError
 from publisher.recipe import EvalSettings
 
 LM_EVAL_NAME = "lm-evaluation-harness"
@@ -226,7 +227,7 @@ class EvalSummary:
     model_args: str = ""
 
 
-class EvalError(Exception):
+class EvalError(PublisherError):
     """The evaluation cannot run or its results cannot be read; the message says why."""
 
 

@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from publisher.digests import sha256_file
+from publisher.errors import PublisherError
 from publisher.parents import ParentInfo
 from publisher.recipe import Recipe
+from publisher.report import Log, reporter
 from publisher.rundir import RunDir
 
 T = TypeVar("T")
@@ -54,7 +56,7 @@ REPORTS_DIR = "publisher"
 VOLATILE = {f"{REPORTS_DIR}/manifest.json"}
 
 
-class HubError(Exception):
+class HubError(PublisherError):
     """A Hub operation failed; the message says what happened and what to do."""
 
 
@@ -334,7 +336,7 @@ def push_run(
     create_pr: bool = False,
     private: bool = False,
     revision: str | None = None,
-    log: Callable[[str], None] = print,
+    log: Log = print,
 ) -> PushResult:
     """Publish a verified run directory to `repo_id` in one commit (see the module docstring)."""
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, get_token
@@ -388,10 +390,8 @@ def push_run(
             "no Hub token: set HF_TOKEN, run 'hf auth login', or configure Trusted "
             "Publishers (HF_OIDC_RESOURCE)"
         )
-    from publisher import actions
-
     # An exchanged Trusted Publishers token is not in the environment the runner masks.
-    actions.mask(token)
+    reporter(log).mask(token)
     # No fixed token: HfApi asks huggingface_hub for it on every request, which refreshes an
     # exchanged token that expires during a long upload.
     api = HfApi()

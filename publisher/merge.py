@@ -11,12 +11,13 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from publisher.errors import PublisherError
 from publisher.parents import ParentInfo
 from publisher.recipe import MergeSettings, Recipe
 from publisher.schedule import rewrite_model_refs
 
 
-class MergeError(Exception):
+class MergeError(PublisherError):
     """The merge cannot run or failed; the message says why and what to do."""
 
 

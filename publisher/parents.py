@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from publisher.digests import sha256_file
+from publisher.errors import PublisherError
 from publisher.recipe import Recipe
 
 LOCK_VERSION = 1
@@ -61,7 +62,7 @@ class ParentInfo:
         return f"{endpoint}/{self.ref}"
 
 
-class ParentError(Exception):
+class ParentError(PublisherError):
     """A parent cannot be resolved; the message says which and what to do."""
 
 

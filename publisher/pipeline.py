@@ -24,8 +24,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from publisher.digests import sha256_file
+from publisher.errors import PublisherError
 from publisher.parents import ParentInfo, resolve_parents
 from publisher.recipe import EvalSettings, MergeSettings, Recipe
+from publisher.report import Log, Reporter, reporter
 from publisher.rundir import RunDir
 
 SettingsT = TypeVar("SettingsT", EvalSettings, MergeSettings)
@@ -35,7 +37,7 @@ DEFAULT_STAGES = STAGES[:-1]
 TOOLS = ("publisher", "mergekit", "transformers", "torch", "huggingface_hub", "lm_eval", "jinja2")
 
 
-class StageError(Exception):
+class StageError(PublisherError):
     """A stage failed; the message names the stage and says why."""
 
     def __init__(self, stage: str, message: str):
@@ -190,7 +192,7 @@ class RunContext:
     run: RunDir
     options: RunOptions
     manifest: Manifest
-    log: Callable[[str], None] = print
+    log: Reporter
     _parents: list[ParentInfo] | None = None
     _parent_dirs: dict[str, Path] | None = None
 
@@ -517,11 +519,13 @@ def parse_stages(text: str | Iterable[str] | None) -> tuple[str, ...]:
 
 
 def run_pipeline(
-    recipe: Recipe, run_dir: Path, options: RunOptions, log: Callable[[str], None] = print
+    recipe: Recipe, run_dir: Path, options: RunOptions, log: Log = print
 ) -> list[StageResult]:
-    """Run the chosen stages in order; raise `StageError` at the first failure."""
-    from publisher import actions
+    """Run the chosen stages in order; raise `StageError` at the first failure.
 
+    `log` gets progress lines; a `publisher.report.Reporter` also groups each stage's lines.
+    """
+    report = reporter(log)
     run = RunDir(Path(run_dir)).ensure()
     manifest = Manifest(run.manifest)
     manifest.data.update(
@@ -537,7 +541,7 @@ def run_pipeline(
         }
     )
     manifest.save()
-    ctx = RunContext(recipe=recipe, run=run, options=options, manifest=manifest, log=log)
+    ctx = RunContext(recipe=recipe, run=run, options=options, manifest=manifest, log=report)
     stages = list(options.stages)
     # `options.push` alone decides: the CLI has already weighed the recipe's publish.push
     # against --push/--no-push and hand-picked --stages.
@@ -557,20 +561,20 @@ def run_pipeline(
         except Exception as exc:
             raise _as_stage_error(stage, exc) from None
         if not options.force and stage != "push" and manifest.is_current(stage, input_hash):
-            log(f"[{number}/{len(stages)}] {stage}: unchanged, skipped")
+            report(f"[{number}/{len(stages)}] {stage}: unchanged, skipped")
             rec = manifest.record(stage)
             assert rec is not None
             rec.status = "skipped"
             manifest.set(stage, rec)
             results.append(StageResult(stage, "skipped", 0.0))
             continue
-        log(f"[{number}/{len(stages)}] {stage} ...")
+        report(f"[{number}/{len(stages)}] {stage} ...")
         if stage not in ("verify", "push") and run.verify.exists():
             # Whatever this stage changes has not been verified: no earlier pass may let a
             # push through until verify runs again.
             run.verify.unlink()
         started = time.monotonic()
-        with actions.group(f"{stage}"):
+        with report.group(stage):
             try:
                 outputs = STAGE_BODIES[stage](ctx)
             except Exception as exc:
@@ -594,13 +598,13 @@ def run_pipeline(
                 [str(p.relative_to(run.root)) for p in outputs],
             ),
         )
-        log(f"[{number}/{len(stages)}] {stage}: done in {seconds:.1f}s")
+        report(f"[{number}/{len(stages)}] {stage}: done in {seconds:.1f}s")
         results.append(StageResult(stage, "ok", seconds))
     stale = [
         s for s in DEFAULT_STAGES if s not in stages and manifest.record(s) and not ctx.current(s)
     ]
     if stale:
-        log(
+        report(
             f"note: {', '.join(stale)} now describe older inputs; run them again "
             f"(--stages {','.join(stale)}) before publishing"
         )

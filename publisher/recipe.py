@@ -20,6 +20,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from publisher.errors import PublisherError
 from publisher.licenses import HUB_LICENSES
 
 PUBLISH_KEY = "publish"
@@ -124,7 +125,7 @@ class Problem:
         return f"{self.file}:{self.line}:{self.column}: {self.message}"
 
 
-class RecipeError(Exception):
+class RecipeError(PublisherError):
     """A recipe failed validation; `problems` says where and why."""
 
     def __init__(self, problems: list[Problem]):

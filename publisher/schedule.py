@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from publisher.errors import PublisherError
 from publisher.parents import ParentError, ParentInfo, resolved_config
 from publisher.recipe import Recipe
 
@@ -228,7 +229,7 @@ def build_plan(recipe: Recipe, parents: list[ParentInfo], workdir: Path | None =
     )
 
 
-class PlanError(Exception):
+class PlanError(PublisherError):
     """mergekit could not plan the recipe; the message says why."""
 
 

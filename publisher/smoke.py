@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from publisher.errors import PublisherError
 from publisher.recipe import SmokePrompt, SmokeSettings
 from publisher.rundir import RunDir
 
@@ -91,7 +92,7 @@ class SmokeReport:
         return cls(**data)
 
 
-class SmokeError(Exception):
+class SmokeError(PublisherError):
     """The smoke test failed. The message says why; `report` is the failed report."""
 
     def __init__(self, message: str, report: SmokeReport | None = None):

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from publisher.errors import PublisherError
 from publisher.schedule import Plan, group_of
 
 FULL_CHECK_MAX_PARAMS = 1_000_000_000
@@ -30,7 +31,7 @@ DOT_THRESHOLD = 0.9995  # mergekit's slerp switches to linear interpolation abov
 TOLERANCE = {"float32": 1e-3, "float64": 1e-6, "bfloat16": 2e-2, "float16": 5e-3}
 
 
-class VerifyError(Exception):
+class VerifyError(PublisherError):
     """Verification failed; the message lists what did not match."""
 
 

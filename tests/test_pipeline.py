@@ -260,3 +260,44 @@ def test_eval_dtype_and_task_directories_come_from_the_recipe(finished_run, copy
     results = json.loads((run / "eval" / "results.json").read_text())
     assert results["config"]["model_args"]["dtype"] == "float32"
     assert "my_tiny_qa" in results["results"]
+
+
+def test_stages_report_through_the_reporter_they_are_handed(finished_run, tmp_path):
+    # Grouping reaches the pipeline through its `log`, never through an import of the shells.
+    from contextlib import contextmanager
+
+    from publisher.pipeline import RunOptions, run_pipeline
+    from publisher.recipe import load_recipe
+
+    class Recording:
+        def __init__(self):
+            self.lines: list[str] = []
+            self.groups: list[str] = []
+
+        def __call__(self, text: str) -> None:
+            self.lines.append(text)
+
+        @contextmanager
+        def group(self, title: str):
+            self.groups.append(title)
+            yield
+
+        def mask(self, secret: str) -> None:
+            raise AssertionError("nothing to mask without a push")
+
+    recipe, _, _ = finished_run
+    recording = Recording()
+    run_pipeline(load_recipe(recipe), tmp_path / "run", RunOptions(stages=("plan",)), recording)
+    assert recording.groups == ["plan"]
+    assert "[1/1] plan ..." in recording.lines
+
+
+def test_top_level_debug_shows_the_traceback(tmp_path, capsys):
+    missing = str(tmp_path / "missing.yaml")
+    assert main(["plan", missing]) == 1
+    assert "Traceback" not in capsys.readouterr().err
+    from publisher.errors import PublisherError
+
+    for argv in (["--debug", "plan", missing], ["plan", "--debug", missing]):
+        with pytest.raises(PublisherError):
+            main(argv)
