@@ -244,6 +244,17 @@ def test_identical_content_sends_zero_lfs_bytes(client: HfApi, hub: LocalHub, tm
     assert hub.stats.count("PUT", LFS_PUT) == puts
 
 
+def test_readme_front_matter_is_validated_before_upload(client: HfApi) -> None:
+    client.create_repo(REPO)
+    with pytest.raises(ValueError, match="Invalid metadata in README.md"):
+        client.upload_file(
+            path_or_fileobj=b"---\nlicense: [unclosed\n---\n# card\n",
+            path_in_repo="README.md",
+            repo_id=REPO,
+        )
+    assert client.list_repo_files(REPO) == [".gitattributes"]
+
+
 def test_parent_commit_must_be_the_branch_head(client: HfApi) -> None:
     client.create_repo(REPO)
     head = client.model_info(REPO).sha
@@ -293,6 +304,28 @@ def test_create_pr_leaves_main_alone(client: HfApi, hub: LocalHub, tmp_path) -> 
     )
     client.merge_pull_request(REPO, 1)
     assert {"model.safetensors", "extra.txt"} <= set(client.list_repo_files(REPO))
+
+
+def test_branch_holds_its_own_commits(client: HfApi) -> None:
+    client.create_repo(REPO)
+    first = client.upload_file(path_or_fileobj=b"1", path_in_repo="a.txt", repo_id=REPO).oid
+    client.upload_file(path_or_fileobj=b"2", path_in_repo="b.txt", repo_id=REPO)
+
+    client.create_branch(REPO, branch="from-first", revision=first)
+    client.create_branch(REPO, branch="staging")  # from main's head
+    with pytest.raises(HfHubHTTPError) as exc:
+        client.create_branch(REPO, branch="staging")
+    assert exc.value.response.status_code == 409
+    client.create_branch(REPO, branch="staging", exist_ok=True)
+
+    client.upload_file(path_or_fileobj=b"s", path_in_repo="s.txt", repo_id=REPO, revision="staging")
+    refs = {b.name: b.target_commit for b in client.list_repo_refs(REPO).branches}
+    assert set(refs) == {"main", "from-first", "staging"} and refs["from-first"] == first
+    assert client.list_repo_files(REPO, revision="from-first") == [".gitattributes", "a.txt"]
+    assert "s.txt" in client.list_repo_files(REPO, revision="staging")
+    assert "s.txt" not in client.list_repo_files(REPO)
+    with pytest.raises(RevisionNotFoundError):
+        client.create_branch(REPO, branch="x", revision="no-such-revision")
 
 
 def test_tree_paths_info_commits_and_deletes(client: HfApi) -> None:
@@ -616,7 +649,7 @@ def test_model_page_renders_card_and_metadata(client: HfApi, hub: LocalHub, tmp_
     assert png.content == (src / "schedule.png").read_bytes()
 
     # a pull request's card, its images resolved at the PR's revision
-    client.upload_file(
+    pr = client.upload_file(
         path_or_fileobj=b"# PR card\n\n![new](img/new.png)\n",
         path_in_repo="README.md",
         repo_id=REPO,
@@ -627,6 +660,10 @@ def test_model_page_renders_card_and_metadata(client: HfApi, hub: LocalHub, tmp_
     assert "Open pull requests" in httpx2.get(f"{hub.endpoint}/{REPO}").text
 
     assert f'href="/{REPO}"' in httpx2.get(hub.endpoint + "/").text
+    # the URLs a commit answer carries open the page at that revision
+    for url, revision in ((pr.commit_url, pr.oid), (pr.pr_url, "refs/pr/1")):
+        opened = httpx2.get(str(url), follow_redirects=True)
+        assert opened.status_code == 200 and f"revision <code>{revision}</code>" in opened.text
     assert httpx2.get(f"{hub.endpoint}/{REPO}", params={"revision": "nope"}).status_code == 404
     assert httpx2.get(f"{hub.endpoint}/nobody/nothing").status_code == 404
 
@@ -663,3 +700,19 @@ def test_model_page_screenshot_shows_card_and_image(client: HfApi, hub: LocalHub
     assert counts.get((255, 0, 0), 0) >= 400 * 200 * 0.95
     # Text and tables were drawn too: anti-aliased glyphs give many shades.
     assert len(counts) > 50
+
+
+def test_no_function_in_the_local_hub_is_over_80_lines() -> None:
+    import ast
+
+    import publisher.hubserver
+
+    root = Path(publisher.hubserver.__file__).parent
+    long = []
+    for source in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = (node.end_lineno or node.lineno) - node.lineno + 1
+                if length > 80:
+                    long.append(f"{source.relative_to(root)}:{node.lineno} {node.name} ({length})")
+    assert not long, long

@@ -4,13 +4,17 @@ Point a client at it with `HF_ENDPOINT=<endpoint>` and `HF_HUB_DISABLE_XET=1` (o
 with `hub_client_env`, which also patches the settings huggingface_hub froze at import). It serves
 model repos: create/delete, model info, refs, tree and paths-info listings, commit history,
 preupload, the Git LFS batch/upload/verify API, NDJSON commits (with `parentCommit` checks and
-`create_pr`), branches, tags, PR merge, file downloads (`resolve`) and an HTML model page.
+`create_pr`), branch creation, PR merge, file downloads (`resolve`) and HTML pages.
 
-Modules: `store` (repos, commits, refs, blobs on disk), `app` (the FastAPI routes), `faults`
-(fault injection and counters), `page` (the model page), `server` (running it).
+Modules: `store` (repos, commits, refs, blobs on disk), `app` (`create_app`, which wires the
+routers of `routes/`: `repos`, `commits`, `downloads`, `prs`, `pages`, `testapi`), `auth`
+(tokens), `context` (what a handler reaches through the request), `protocol` (the Hub's URL,
+body and error conventions), `faults` (fault injection and counters), `page` (the model page),
+`server` (running it).
 """
 
-from publisher.hubserver.app import DEFAULT_USER, create_app
+from publisher.hubserver.app import create_app
+from publisher.hubserver.auth import DEFAULT_USER
 from publisher.hubserver.faults import (
     CommitRecord,
     FaultInjector,

@@ -24,7 +24,8 @@ from typing import Any
 
 import uvicorn
 
-from publisher.hubserver.app import DEFAULT_USER, create_app
+from publisher.hubserver.app import create_app
+from publisher.hubserver.auth import DEFAULT_USER
 from publisher.hubserver.faults import FaultInjector, HubStats
 
 logger = logging.getLogger("publisher.hubserver")

@@ -6,7 +6,7 @@ directory sees the same repos):
 ```
 blobs/<aa>/<sha256>            file contents, by sha256 (regular and LFS files alike)
 repos/<namespace>/<name>/
-  repo.json                    RepoState: visibility, branches, tags, pull requests
+  repo.json                    RepoState: visibility, branches, pull requests
   commits/<commit id>.json     Commit: parents, message, author, date, tree
 tmp/                           uploads in progress (renamed into blobs/ once verified)
 ```
@@ -211,7 +211,6 @@ class RepoState:
         private: whether only authenticated users see it.
         created_at: ISO 8601 UTC timestamp.
         branches: branch name → head commit id. Example: `{"main": "3f2a..."}`.
-        tags: tag name → commit id.
         pulls: pull requests by number (as a string, for JSON).
         pull_heads: PR number (as a string) → head commit id of `refs/pr/<num>`.
     """
@@ -220,7 +219,6 @@ class RepoState:
     private: bool
     created_at: str
     branches: dict[str, str] = field(default_factory=dict)
-    tags: dict[str, str] = field(default_factory=dict)
     pulls: dict[str, PullRequest] = field(default_factory=dict)
     pull_heads: dict[str, str] = field(default_factory=dict)
 
@@ -232,6 +230,7 @@ class RepoState:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RepoState:
         pulls = {num: PullRequest(**pr) for num, pr in data.get("pulls", {}).items()}
+        data = {k: v for k, v in data.items() if k != "tags"}  # written by older versions
         return cls(**{**data, "pulls": pulls})
 
 
@@ -507,12 +506,6 @@ class HubStore:
             self._load(repo_id)
             shutil.rmtree(self._repo_dir(repo_id))
 
-    def set_private(self, repo_id: str, private: bool) -> None:
-        with self._lock:
-            state = self._load(repo_id)
-            state.private = private
-            self._save(state)
-
     # -- commits and refs ---------------------------------------------------------------------
 
     def _new_commit(
@@ -538,7 +531,7 @@ class HubStore:
         return Commit.from_json(json.loads(path.read_text(encoding="utf-8")))
 
     def resolve(self, repo_id: str, revision: str) -> Commit:
-        """The commit a revision names: a branch, a tag, `refs/heads|tags/...`, `refs/pr/N`,
+        """The commit a revision names: a branch, `refs/heads/...`, `refs/pr/N`,
         or a (possibly abbreviated, at least 7 digits) commit id."""
         with self._lock:
             state = self._load(repo_id)
@@ -549,17 +542,11 @@ class HubStore:
             name = revision[len("refs/heads/") :]
             if name in state.branches:
                 return state.branches[name]
-        elif revision.startswith("refs/tags/"):
-            name = revision[len("refs/tags/") :]
-            if name in state.tags:
-                return state.tags[name]
         elif match := _PR_REF_RE.match(revision):
             if match[1] in state.pull_heads:
                 return state.pull_heads[match[1]]
         elif revision in state.branches:
             return state.branches[revision]
-        elif revision in state.tags:
-            return state.tags[revision]
         elif _COMMIT_RE.match(revision):
             commits_dir = self._repo_dir(state.repo_id) / "commits"
             if len(revision) == 40 and (commits_dir / f"{revision}.json").is_file():
@@ -714,38 +701,15 @@ class HubStore:
             added.append(path)
         return added, deleted
 
-    def create_branch(
-        self, repo_id: str, branch: str, revision: str | None, *, exist_ok: bool
-    ) -> None:
+    def create_branch(self, repo_id: str, branch: str, revision: str | None) -> None:
+        """A new branch at `revision` (default: the head of main); 409 if it exists."""
         with self._lock:
             state = self._load(repo_id)
             if branch in state.branches:
-                if exist_ok:
-                    return
                 raise RepoExists(f"Reference already exists: refs/heads/{branch}")
             if not branch or branch.startswith("refs/") or ".." in branch:
                 raise InvalidRequest(f"invalid branch name {branch!r}")
             state.branches[branch] = self._resolve_id(state, revision or MAIN_BRANCH)
-            self._save(state)
-
-    def delete_branch(self, repo_id: str, branch: str) -> None:
-        with self._lock:
-            state = self._load(repo_id)
-            if branch not in state.branches:
-                raise RevisionNotFound(f"Invalid rev id: {branch}")
-            if branch == MAIN_BRANCH:
-                raise InvalidRequest("cannot delete the main branch")
-            del state.branches[branch]
-            self._save(state)
-
-    def create_tag(self, repo_id: str, tag: str, revision: str, *, exist_ok: bool) -> None:
-        with self._lock:
-            state = self._load(repo_id)
-            if tag in state.tags:
-                if exist_ok:
-                    return
-                raise RepoExists(f"Tag already exists: {tag}")
-            state.tags[tag] = self._resolve_id(state, revision)
             self._save(state)
 
     def merge_pull_request(
@@ -784,17 +748,6 @@ class HubStore:
             pr.status = "merged"
             self._save(state)
             return commit
-
-    def set_pr_status(self, repo_id: str, num: int, status: Literal["open", "closed"]) -> None:
-        with self._lock:
-            state = self._load(repo_id)
-            pr = state.pulls.get(str(num))
-            if pr is None:
-                raise EntryNotFound(f"Discussion #{num} not found")
-            if pr.status == "merged":
-                raise InvalidRequest(f"pull request #{num} is merged")
-            pr.status = status
-            self._save(state)
 
     # -- reading trees ------------------------------------------------------------------------
 
