@@ -23,35 +23,24 @@ from typing import Any, TypeVar
 
 from publisher.digests import sha256_file
 from publisher.errors import PublisherError
-from publisher.parents import ParentInfo
+from publisher.parents import (
+    ParentError,
+    ParentInfo,
+    check_parent_dir,
+    check_remote_code,
+    check_weights,
+    parent_files,
+)
 from publisher.recipe import Recipe
 from publisher.report import Log, reporter
 from publisher.rundir import RunDir
+from publisher.upload import REPORTS_DIR, UploadRefused, check_upload, scan_secrets
 
 T = TypeVar("T")
 
 RETRY_STATUS = {429, 500, 502, 503, 504}
 RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)
 RETRY_AFTER_CAP = 60.0
-# Root-level files a merge needs besides the weights: config, tokenizer and chat template.
-PARENT_SUPPORT_FILES = (
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "tokenizer.model",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.json",
-    "merges.txt",
-    "chat_template.jinja",
-    "chat_template.json",
-)
-SAFETENSORS_INDEX = "model.safetensors.index.json"
-PICKLE_INDEX = "pytorch_model.bin.index.json"
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
-# Run-directory reports travel in the repo under this folder (provenance for readers).
-REPORTS_DIR = "publisher"
 # Files that differ on every run (timings, statuses) without the published content changing.
 VOLATILE = {f"{REPORTS_DIR}/manifest.json"}
 
@@ -179,7 +168,7 @@ def fetch_parents(
     dirs: dict[str, Path] = {}
     for parent in parents:
         if parent.path:
-            dirs[parent.ref] = Path(parent.path)
+            dirs[parent.ref] = check_parent_dir(recipe, parent.ref, Path(parent.path))
             continue
         if not parent.resolved or not parent.revision:
             raise HubError(
@@ -187,12 +176,8 @@ def fetch_parents(
                 f"'publisher lock {recipe.path}' where the Hub is reachable"
             )
         repo_id = parent.ref.partition("@")[0]
-        config = parent.config or {}
-        if config.get("auto_map") and not recipe.publish.trust_remote_code:
-            raise HubError(
-                f"parent '{parent.ref}' needs remote code (config.json has auto_map); "
-                "set 'publish: {trust_remote_code: true}' only if you trust it"
-            )
+        # Refused from the lock's config alone before anything is listed or downloaded.
+        check_remote_code(recipe, parent.ref, {"config.json": parent.config})
         files = with_retries(
             f"list {repo_id}",
             lambda repo_id=repo_id, parent=parent: HfApi().list_repo_files(
@@ -209,20 +194,13 @@ def fetch_parents(
                 lambda: hf_hub_download(repo_id, name, revision=parent.revision),
                 log,
             )
-            return json.loads(Path(local).read_text(encoding="utf-8"))
+            try:
+                return json.loads(Path(local).read_text(encoding="utf-8"))
+            except ValueError as exc:
+                raise ParentError(f"parent '{parent.ref}': {name} is not JSON ({exc})") from None
 
-        wanted, pickled = parent_download_files(files, read_index)
-        if not any(f.endswith((".safetensors", *PICKLE_SUFFIXES)) for f in wanted):
-            raise HubError(
-                f"parent '{parent.ref}' has no weight files at the root of "
-                f"{repo_id}@{parent.revision[:12]}; is it a model repo saved with save_pretrained?"
-            )
-        if pickled and not recipe.publish.allow_pickle:
-            raise HubError(
-                f"parent '{parent.ref}' has no safetensors weights, only pickle "
-                "files, which can run code when loaded; set "
-                "'publish: {allow_pickle: true}' to accept them"
-            )
+        wanted, pickled = parent_files(parent.ref, files, read_index)
+        check_weights(recipe, parent.ref, wanted, pickled)
         log(
             f"  downloading {repo_id}@{parent.revision[:12]} ({len(wanted)} files: config, "
             "tokenizer, weights)"
@@ -234,34 +212,9 @@ def fetch_parents(
             ),
             log,
         )
-        dirs[parent.ref] = Path(path)
+        # The snapshot holds what the merge reads: check it as a local parent is checked.
+        dirs[parent.ref] = check_parent_dir(recipe, parent.ref, Path(path))
     return dirs
-
-
-def parent_download_files(
-    files: list[str], read_index: Callable[[str], Any]
-) -> tuple[list[str], bool]:
-    """The files of a parent repo a merge needs, and whether its weights are pickles.
-
-    Root-level files only: config, tokenizer and chat template, and one copy of the weights:
-    the shards an index lists (`read_index(name)` returns the index's JSON), else the root
-    `*.safetensors` files other than a `consolidated.*` duplicate (Mistral's repos ship both),
-    else, the same way, the pickle weights (`.bin`, which the caller may refuse).
-    """
-    root = [f for f in files if "/" not in f]
-    wanted = [f for f in PARENT_SUPPORT_FILES if f in root]
-    wanted += sorted(f for f in root if f.endswith(".tiktoken"))
-
-    def weights(index: str, suffixes: tuple[str, ...]) -> list[str]:
-        if index in root:
-            shards = sorted(set(read_index(index).get("weight_map", {}).values()))
-            return [index, *shards]
-        return sorted(f for f in root if f.endswith(suffixes) and not f.startswith("consolidated"))
-
-    safetensors = weights(SAFETENSORS_INDEX, (".safetensors",))
-    if safetensors:
-        return wanted + safetensors, False
-    return wanted + weights(PICKLE_INDEX, PICKLE_SUFFIXES), True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,8 +235,10 @@ def run_files(run_dir: Path) -> dict[str, Path]:
     run = RunDir(Path(run_dir))
     files: dict[str, Path] = {}
     if run.merged.is_dir():
+        # Every entry but directories, dotfiles and links included, for the allow-list to see;
+        # mergekit's own card would be merged/README.md, which the run's card replaces.
         for file in sorted(run.merged.rglob("*")):
-            if file.is_file() and file.name != "README.md":
+            if (file.is_symlink() or not file.is_dir()) and file != run.merged / "README.md":
                 files[file.relative_to(run.merged).as_posix()] = file
     for file in (run.card, run.image):
         if file.exists():
@@ -381,6 +336,11 @@ def push_run(
             "or PUBLISHER_NAMESPACE"
         )
 
+    files = run_files(run.root)
+    try:
+        check_upload(files)
+    except UploadRefused as exc:
+        raise HubError(str(exc)) from None
     try:
         token = get_token()
     except Exception as exc:  # e.g. HF_OIDC_RESOURCE set but no id token available
@@ -390,13 +350,16 @@ def push_run(
             "no Hub token: set HF_TOKEN, run 'hf auth login', or configure Trusted "
             "Publishers (HF_OIDC_RESOURCE)"
         )
+    try:
+        scan_secrets(files, {"the Hub token": token})
+    except UploadRefused as exc:
+        raise HubError(str(exc)) from None
     # An exchanged Trusted Publishers token is not in the environment the runner masks.
     reporter(log).mask(token)
     # No fixed token: HfApi asks huggingface_hub for it on every request, which refreshes an
     # exchanged token that expires during a long upload.
     api = HfApi()
     branch = revision or "main"
-    files = run_files(run.root)
     try:
         repo_url = str(
             with_retries(

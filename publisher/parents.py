@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -19,8 +21,15 @@ from typing import Any
 from publisher.digests import sha256_file
 from publisher.errors import PublisherError
 from publisher.recipe import Recipe
+from publisher.upload import MODEL_FILES
 
 LOCK_VERSION = 1
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+PICKLE_INDEX = "pytorch_model.bin.index.json"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+# A file a merge reads from a parent: a plain name at the root, no glob or path characters, so
+# it can neither widen a download filter nor point outside the parent's directory.
+FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
 
 @dataclass
@@ -107,17 +116,38 @@ def local_revision(path: Path) -> str:
 
 
 def local_tensor_names(path: Path) -> list[str]:
-    """Tensor names of a local model directory, from its safetensors headers or index."""
+    """Tensor names of a local model directory, from its safetensors headers or index, else
+    from its pickle weights (read with torch's weights-only loader, which runs no code)."""
     from safetensors import safe_open
 
-    index = path / "model.safetensors.index.json"
-    if index.exists():
-        return sorted(json.loads(index.read_text())["weight_map"])
+    for index in (path / SAFETENSORS_INDEX, path / PICKLE_INDEX):
+        if index.exists():
+            return sorted(json.loads(index.read_text())["weight_map"])
     names: list[str] = []
     for file in sorted(path.glob("*.safetensors")):
         with safe_open(str(file), framework="pt") as fh:
             names.extend(fh.keys())
-    return sorted(names)
+    return sorted(names) or sorted(load_pickle_weights(path, device="meta"))
+
+
+def load_pickle_weights(path: Path, device: str = "cpu") -> dict[str, Any]:
+    """The tensors of the root pickle weights of `path` (`*.bin`, ...), by name.
+
+    `torch.load(weights_only=True)` unpickles tensors and plain containers only, never code,
+    and `mmap` leaves the bytes on disk until a tensor is read.
+    """
+    import torch
+
+    tensors: dict[str, Any] = {}
+    for file in sorted(f for f in path.iterdir() if f.name.endswith(PICKLE_SUFFIXES)):
+        if file.name.startswith("consolidated"):
+            continue  # Mistral's duplicate of the same weights
+        try:
+            data = torch.load(file, map_location=device, weights_only=True, mmap=device != "meta")
+        except Exception as exc:  # torch says why in many exception types
+            raise ParentError(f"{file} is not a weights-only PyTorch file ({exc})") from None
+        tensors.update(data.get("state_dict", data) if isinstance(data, dict) else {})
+    return tensors
 
 
 def _card_license(readme: Path) -> str | None:
@@ -183,6 +213,106 @@ def _resolve_hub(ref: str, is_base: bool, revision: str | None = None) -> Parent
         is_base=is_base,
         note="resolved on the Hub",
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# the checks every parent passes, local directory or Hub repo
+
+
+def parent_files(
+    ref: str, files: list[str], read_index: Callable[[str], Any]
+) -> tuple[list[str], bool]:
+    """The files of parent `ref` a merge reads, and whether its weights are pickles.
+
+    `files` lists the parent's files (repo paths, or names in its directory). Root-level files
+    only: config, tokenizer and chat template, and one copy of the weights: the shards an index
+    lists (`read_index(name)` returns the index's JSON), else the root `*.safetensors` files other
+    than a `consolidated.*` duplicate (Mistral's repos ship both), else, the same way, the pickle
+    weights (`.bin`, which `check_weights` may refuse). Raises `ParentError` when an index names
+    a shard that is not a plain file of the parent, or a safetensors index names a pickle.
+    """
+    root = [f for f in files if FILE_NAME.fullmatch(f)]
+    wanted = [f for f in MODEL_FILES if f in root]
+    wanted += sorted(f for f in root if f.endswith(".tiktoken"))
+
+    def weights(index: str, suffixes: tuple[str, ...]) -> list[str]:
+        if index in root:
+            return [index, *_index_shards(ref, index, read_index(index), root, suffixes)]
+        return sorted(f for f in root if f.endswith(suffixes) and not f.startswith("consolidated"))
+
+    safetensors = weights(SAFETENSORS_INDEX, (".safetensors",))
+    if safetensors:
+        return wanted + safetensors, False
+    return wanted + weights(PICKLE_INDEX, PICKLE_SUFFIXES), True
+
+
+def _index_shards(
+    ref: str, index: str, data: Any, root: list[str], suffixes: tuple[str, ...]
+) -> list[str]:
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ParentError(f"parent '{ref}': {index} has no weight_map; re-save the model")
+    shards = sorted({str(shard) for shard in weight_map.values()})
+    for shard in shards:
+        if not FILE_NAME.fullmatch(shard) or shard not in root:
+            raise ParentError(
+                f"parent '{ref}': {index} names the shard {shard!r}, which is not a file at the "
+                "root of the model; only the model's own shard files may be listed there"
+            )
+        if not shard.endswith(suffixes):
+            raise ParentError(
+                f"parent '{ref}': {index} names {shard!r}, not a {suffixes[0]} file; a "
+                "safetensors index must not lead to pickle weights (set allow_pickle and ship "
+                f"{PICKLE_INDEX} if the weights really are pickles)"
+            )
+    return shards
+
+
+def check_remote_code(recipe: Recipe, ref: str, configs: dict[str, Any]) -> None:
+    """Refuse a parent whose config or tokenizer config (`{file name: JSON}`) needs remote code.
+
+    transformers runs a model's own Python when `auto_map` names it and remote code is trusted.
+    """
+    needs = sorted(name for name, data in configs.items() if (data or {}).get("auto_map"))
+    if needs and not recipe.publish.trust_remote_code:
+        raise ParentError(
+            f"parent '{ref}' needs remote code ({', '.join(needs)} has auto_map); "
+            "set 'publish: {trust_remote_code: true}' only if you trust it"
+        )
+
+
+def check_weights(recipe: Recipe, ref: str, wanted: list[str], pickled: bool) -> None:
+    """Refuse a parent with no weights, or with pickle weights the recipe does not allow."""
+    if not any(f.endswith((".safetensors", *PICKLE_SUFFIXES)) for f in wanted):
+        raise ParentError(
+            f"parent '{ref}' has no weight files at its root; is it a model saved with "
+            "save_pretrained?"
+        )
+    if pickled and not recipe.publish.allow_pickle:
+        raise ParentError(
+            f"parent '{ref}' has no safetensors weights, only pickle files, which can "
+            "run code when loaded; set 'publish: {allow_pickle: true}' to accept them"
+        )
+
+
+def check_parent_dir(recipe: Recipe, ref: str, path: Path) -> Path:
+    """`path`, after the checks every parent passes on the files a merge will read there.
+
+    A local parent is checked in its directory; a Hub parent in the snapshot just downloaded.
+    """
+
+    def read_json(name: str) -> Any:
+        try:
+            return json.loads((path / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ParentError(f"parent '{ref}': {path / name} is unreadable ({exc})") from None
+
+    names = [entry.name for entry in path.iterdir() if entry.is_file()]
+    wanted, pickled = parent_files(ref, names, read_json)
+    check_weights(recipe, ref, wanted, pickled)
+    configs = ("config.json", "tokenizer_config.json")
+    check_remote_code(recipe, ref, {name: read_json(name) for name in configs if name in names})
+    return path
 
 
 def read_lock(recipe: Recipe) -> dict[str, ParentInfo]:
@@ -325,6 +455,10 @@ def resolved_config(parent: ParentInfo) -> dict[str, Any]:
 
 __all__ = [
     "ParentError",
+    "check_parent_dir",
+    "check_remote_code",
+    "check_weights",
+    "parent_files",
     "ParentInfo",
     "lock_parents",
     "read_lock",

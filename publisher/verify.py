@@ -117,7 +117,11 @@ def recover_t(merged, base, other, whole: bool = True) -> tuple[float, float, in
 
 
 class SafetensorsDir:
-    """Read tensors (or their first rows) from a directory of safetensors shards by name."""
+    """Read tensors (or their first rows) from a directory of safetensors shards by name.
+
+    A parent with pickle weights only (the recipe set `allow_pickle`) is read with torch's
+    weights-only loader instead, so it is verified like any other.
+    """
 
     def __init__(self, path: Path):
         from safetensors import safe_open
@@ -134,11 +138,19 @@ class SafetensorsDir:
                     for key in fh.keys():  # noqa: SIM118 (safe_open has no __iter__)
                         self.where[key] = file.name
         self._open = safe_open
+        self._pickled: dict[str, Any] = {}
+        if not self.where:
+            from publisher.parents import load_pickle_weights
+
+            self._pickled = load_pickle_weights(self.path)
+            self.where = dict.fromkeys(self._pickled, "")
 
     def names(self) -> list[str]:
         return list(self.where)
 
     def get(self, name: str, rows: int | None = None):
+        if self._pickled:
+            return self._pickled[name][:rows]
         handle = self._handle(name)
         if rows is None:
             return handle.get_tensor(name)
@@ -154,6 +166,8 @@ class SafetensorsDir:
         return self._files[file]
 
     def get_shape(self, name: str) -> list[int]:
+        if self._pickled:
+            return list(self._pickled[name].shape)
         return list(self._handle(name).get_slice(name).get_shape())
 
 

@@ -17,6 +17,28 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("PUBLISHER_CACHE_DIR", tempfile.mkdtemp(prefix="publisher-cache-"))
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+LOCAL_HUB_TOKEN = "hf_sentinel_do_not_print_4242"
+"""The one token the tests' local Hub accepts (`local_hub`); it must appear nowhere."""
+
+
+def quiet(_: str) -> None:
+    """A `log` that prints nothing."""
+    return None
+
+
+@pytest.fixture
+def local_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A local Hub (accepting only LOCAL_HUB_TOKEN) with huggingface_hub pointed at it and
+    fast retries."""
+    from publisher import hub as hub_module
+    from publisher.hubserver import LocalHub, hub_client_env
+
+    monkeypatch.setattr(hub_module, "RETRY_DELAYS", (0.05, 0.1, 0.2))
+    with (
+        LocalHub(tmp_path / "hub-data", token=LOCAL_HUB_TOKEN, user="tester") as server,
+        hub_client_env(server.endpoint, token=LOCAL_HUB_TOKEN, hf_home=tmp_path / "hf-home"),
+    ):
+        yield server
 
 
 @pytest.fixture(scope="session")

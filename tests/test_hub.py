@@ -7,30 +7,17 @@ from pathlib import Path
 
 import pytest
 import requests
+from conftest import LOCAL_HUB_TOKEN as TOKEN
+from conftest import quiet
 from huggingface_hub import HfApi, snapshot_download
 
 from publisher import hub as hub_module
 from publisher.cli import main
 from publisher.hub import HubError, push_run, run_files
 from publisher.hubserver import LocalHub, hub_client_env
+from publisher.parents import ParentError
 
-TOKEN = "hf_sentinel_do_not_print_4242"
 REPO = "tester/tiny-run"
-
-
-@pytest.fixture
-def local_hub(tmp_path, monkeypatch):
-    """A local Hub (accepting only TOKEN) with huggingface_hub pointed at it; fast retries."""
-    monkeypatch.setattr(hub_module, "RETRY_DELAYS", (0.05, 0.1, 0.2))
-    with (
-        LocalHub(tmp_path / "hub-data", token=TOKEN, user="tester") as server,
-        hub_client_env(server.endpoint, token=TOKEN, hf_home=tmp_path / "hf-home"),
-    ):
-        yield server
-
-
-def quiet(_: str) -> None:
-    return None
 
 
 def test_push_then_download_is_byte_identical(tiny_run, local_hub, tmp_path):
@@ -311,7 +298,7 @@ parameters:
     recipe = load_recipe(recipe_path)
     parents = lock_parents(recipe, online=True)
     write_lock(recipe, parents)
-    with pytest.raises(HubError, match="allow_pickle"):
+    with pytest.raises(ParentError, match="allow_pickle"):
         fetch_parents(recipe, parents, log=quiet)
 
 
@@ -361,7 +348,7 @@ MISTRAL_REPO_FILES = [
 
 
 def test_parent_download_is_one_copy_of_weights_and_the_tokenizer():
-    from publisher.hub import parent_download_files
+    from publisher.parents import parent_files
 
     indexes: list[str] = []
 
@@ -370,7 +357,7 @@ def test_parent_download_is_one_copy_of_weights_and_the_tokenizer():
         shards = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
         return {"weight_map": {"a": shards[0], "b": shards[1], "c": shards[1]}}
 
-    wanted, pickled = parent_download_files(MISTRAL_REPO_FILES, read_index)
+    wanted, pickled = parent_files("org/model", MISTRAL_REPO_FILES, read_index)
     assert not pickled and indexes == ["model.safetensors.index.json"]
     assert sorted(wanted) == sorted(
         [
@@ -387,12 +374,12 @@ def test_parent_download_is_one_copy_of_weights_and_the_tokenizer():
     )
     # Without an index: the root safetensors, never Mistral's consolidated duplicate.
     plain = [f for f in MISTRAL_REPO_FILES if "index" not in f and "model-0" not in f]
-    wanted, pickled = parent_download_files(plain + ["model.safetensors"], read_index)
+    wanted, pickled = parent_files("org/model", plain + ["model.safetensors"], read_index)
     assert not pickled
     assert [f for f in wanted if f.endswith(".safetensors")] == ["model.safetensors"]
     # Pickles only: reported as such, so the caller can refuse them.
     pickles = ["config.json", "tokenizer.json", "pytorch_model.bin"]
-    assert parent_download_files(pickles, read_index) == (pickles, True)
+    assert parent_files("org/model", pickles, read_index) == (pickles, True)
 
 
 def test_parent_needing_remote_code_is_refused(write_recipe):
@@ -420,7 +407,7 @@ def test_parent_needing_remote_code_is_refused(write_recipe):
         is_base=True,
     )
     # Refused from the lock's config alone: nothing is listed or downloaded first.
-    with pytest.raises(HubError, match="trust_remote_code"):
+    with pytest.raises(ParentError, match="trust_remote_code"):
         fetch_parents(recipe, [custom], log=quiet)
 
 
