@@ -3,7 +3,7 @@
 
 `create_app` wires the routers of `publisher.hubserver.routes`, one per concern: `repos`
 (account, repo info, listings), `commits` (preupload, commit, branches, Git LFS), `downloads`
-(resolve), `prs` (pull requests), `pages` (HTML). Handlers reach the store through
+(resolve), `prs` (pull requests), `jobs` (Jobs, run as local subprocesses), `pages` (HTML). Handlers reach the store through
 `context.hub_of(request)`; a `HubStoreError` anywhere becomes the Hub's JSON error answer.
 """
 
@@ -17,8 +17,9 @@ from fastapi.responses import JSONResponse
 from publisher.hubserver.auth import DEFAULT_USER, Auth
 from publisher.hubserver.context import HubContext
 from publisher.hubserver.faults import FaultInjector, FaultMiddleware, HubStats
+from publisher.hubserver.jobrunner import LocalJobs
 from publisher.hubserver.protocol import error_response
-from publisher.hubserver.routes import commits, downloads, pages, prs, repos, testapi
+from publisher.hubserver.routes import commits, downloads, jobs, pages, prs, repos, testapi
 from publisher.hubserver.store import HubStore, HubStoreError
 
 __all__ = ["DEFAULT_USER", "create_app"]
@@ -46,7 +47,7 @@ def create_app(
         test_api: serve `/_publisher/faults` and `/_publisher/stats` (tests and demos only).
 
     The app's `state` holds `hub` (`HubContext`) and, for short, `store`, `faults`, `stats`
-    and `user`.
+    and `user`; and `jobs` (`LocalJobs`: `jobs.shutdown()` when the server stops).
     """
     hub = HubContext(
         store=HubStore(Path(data_dir)),
@@ -58,12 +59,13 @@ def create_app(
     app.state.hub = hub
     app.state.store, app.state.faults, app.state.stats = hub.store, hub.faults, hub.stats
     app.state.user = user
+    app.state.jobs = LocalJobs(Path(data_dir), hub.store)
     app.add_middleware(FaultMiddleware, faults=hub.faults, stats=hub.stats)
     app.add_exception_handler(HubStoreError, _store_error)  # type: ignore[arg-type]
     if test_api:
         app.include_router(testapi.router)
     # The HTML pages come last: `/{ns}/{name}` would otherwise match `/_publisher/stats`.
-    for module in (repos, commits, downloads, prs, pages):
+    for module in (repos, commits, downloads, prs, jobs, pages):
         app.include_router(module.router)
     return app
 

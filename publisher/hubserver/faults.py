@@ -9,6 +9,8 @@ path matches `path_pattern` get `action`". Actions:
   without sending a response" (httpx: `RemoteProtocolError`), or a write error mid-upload.
 - `"drop_after"`: run the endpoint (the change happens), then close the connection the same way:
   the response is lost. This is the case where a retried commit would commit twice.
+- `"cut"`: run the endpoint, send its status and the first chunk of its body, then close the
+  connection mid-body: a stream (a job's log) that breaks off after some events.
 
 `HubStats` counts what tests want to assert: LFS bytes the upload endpoint received, every commit
 made, and every request with the status it got (or `"dropped"`).
@@ -30,8 +32,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger("publisher.hubserver")
 
-FaultAction = Literal["500", "429", "drop", "drop_after"]
-FAULT_ACTIONS: tuple[str, ...] = ("500", "429", "drop", "drop_after")
+FaultAction = Literal["500", "429", "drop", "drop_after", "cut"]
+FAULT_ACTIONS: tuple[str, ...] = ("500", "429", "drop", "drop_after", "cut")
 
 
 @dataclass
@@ -42,7 +44,7 @@ class FaultRule:
         method: HTTP method to match (`"PUT"`), or None for any.
         path_pattern: regular expression searched (`re.search`) in the URL-decoded request path.
             Example: `r"\\.git/info/lfs/objects/[0-9a-f]{64}$"` (an LFS upload).
-        action: `"500"`, `"429"`, `"drop"` or `"drop_after"` (see the module docstring).
+        action: `"500"`, `"429"`, `"drop"`, `"drop_after"` or `"cut"` (see the module docstring).
         times: how many matching requests get the fault; 0 or less means every one, forever.
         fired: how many requests got it so far.
     """
@@ -248,6 +250,14 @@ class FaultMiddleware:
                 await receive()  # the first chunk of the body: the upload is cut mid-way
                 await _drop(send)
                 status["status"] = "dropped"
+            elif rule.action == "cut":
+                logger.info("fault injected: %s %s -> cut after the first chunk", method, path)
+                try:
+                    await self.app(scope, receive, _cut_after_first_chunk(send, record))
+                except Exception as exc:  # the endpoint stopped by `_Cut`, maybe in a group
+                    if not _is_cut(exc):
+                        raise
+                status["status"] = "cut"
             else:  # drop_after: the endpoint runs, its answer is lost
                 logger.info("fault injected: %s %s -> ran, then connection dropped", method, path)
 
@@ -262,6 +272,36 @@ class FaultMiddleware:
             raise
         finally:
             self.stats.add_request(RequestRecord(method, path, status["status"]))
+
+
+class _Cut(Exception):
+    """Raised into the endpoint to stop it once its first body chunk went out."""
+
+
+def _is_cut(exc: BaseException) -> bool:
+    inner = getattr(exc, "exceptions", None)  # an (anyio) exception group, Python 3.10 too
+    if isinstance(inner, (list, tuple)) and inner:
+        return all(_is_cut(e) for e in inner)
+    return isinstance(exc, _Cut)
+
+
+def _cut_after_first_chunk(send: Send, observe: Callable[[Message], None]) -> Send:
+    """A `send` that passes the response start and one body chunk (marked as not the last),
+    then refuses the rest: the endpoint stops and the server closes the unfinished response."""
+    chunks = 0
+
+    async def cut(message: Message) -> None:
+        nonlocal chunks
+        observe(message)
+        if message["type"] != "http.response.body":
+            await send(message)
+            return
+        if chunks:
+            raise _Cut
+        chunks += 1
+        await send({**message, "more_body": True})
+
+    return cut
 
 
 def _tap(send: Send, observe: Callable[[Message], None]) -> Send:

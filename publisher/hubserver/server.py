@@ -80,6 +80,7 @@ class LocalHub:
         self.test_api = test_api
         self.endpoint = ""
         self._server: uvicorn.Server | None = None
+        self._app: Any = None
         self._thread: threading.Thread | None = None
 
     def start(self, timeout: float = 10.0) -> LocalHub:
@@ -94,6 +95,7 @@ class LocalHub:
             stats=self.stats,
             test_api=self.test_api,
         )
+        self._app = app
         # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP,
         # and without it every response waits ~40 ms for a delayed ACK (Nagle).
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -132,6 +134,7 @@ class LocalHub:
         self._server, self._thread = None, None
         if server is None or thread is None:
             return
+        self._app.state.jobs.shutdown()  # no job process outlives its server
         server.should_exit = True
         thread.join(timeout)
         if thread.is_alive():
@@ -261,7 +264,10 @@ def serve(
     )
     if test_api:
         print("test API on: POST /_publisher/faults, GET /_publisher/stats", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=2)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=2)
+    finally:
+        app.state.jobs.shutdown()
 
 
 def main_serve(host: str, port: int, data_dir: Path) -> None:
