@@ -3,8 +3,8 @@
 
 `create_app` wires the routers of `publisher.hubserver.routes`, one per concern: `repos`
 (account, repo info, listings), `commits` (preupload, commit, branches, Git LFS), `downloads`
-(resolve), `prs` (pull requests), `jobs` (Jobs, run as local subprocesses), `pages` (HTML). Handlers reach the store through
-`context.hub_of(request)`; a `HubStoreError` anywhere becomes the Hub's JSON error answer.
+(resolve), `prs` (pull requests), `jobs` (Jobs, run as local subprocesses), `pages` (HTML).
+Handlers reach the store through `context.hub_of(request)`; a `HubStoreError` anywhere becomes the Hub's JSON error answer.
 """
 
 from __future__ import annotations
