@@ -13,6 +13,7 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
+from types import ModuleType
 
 from publisher import __version__, actions
 from publisher.errors import CommandError, PublisherError
@@ -393,17 +394,36 @@ def _add_actions_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_comment)
 
 
+HUB_EXTRA_MODULES = ("fastapi", "starlette", "uvicorn", "markdown_it")
+"""What the `hub` extra installs: the local Hub (`publisher hub serve`, the demo) imports them."""
+
+
+def _import_hubserver(what: str) -> ModuleType:
+    """`publisher.hubserver`, or a CommandError that names the extra to install."""
+    try:
+        import publisher.hubserver as hubserver
+    except ModuleNotFoundError as exc:
+        if exc.name not in HUB_EXTRA_MODULES:
+            raise
+        raise CommandError(
+            f"{what} needs the local Hub, which is the optional extra `publisher[hub]` "
+            f"({exc.name} is not installed): pip install 'publisher[hub]' "
+            "(in a checkout: pip install -e '.[hub]')"
+        ) from None
+    return hubserver
+
+
 def cmd_hub_serve(args: argparse.Namespace) -> int:
-    from publisher.hubserver import DEFAULT_USER, serve
+    hubserver = _import_hubserver("'publisher hub serve'")
     from publisher.hubserver.server import TOKEN_ENV
 
     # The accepted token comes from the environment, never from the command line (shell history).
-    serve(
+    hubserver.serve(
         args.host,
         args.port,
         Path(args.data),
         token=os.environ.get(TOKEN_ENV) or None,
-        user=args.user or DEFAULT_USER,
+        user=args.user or hubserver.DEFAULT_USER,
         test_api=args.test_api,
     )
     return EXIT_OK
@@ -412,6 +432,7 @@ def cmd_hub_serve(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from publisher import demo
 
+    _import_hubserver("'publisher demo'")
     return demo.run_demo(Path(args.out))
 
 

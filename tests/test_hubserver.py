@@ -12,6 +12,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -622,6 +623,20 @@ def test_hub_client_env_restores_everything(tmp_path: Path) -> None:
         constants.HF_HUB_DISABLE_XET,
     )
     assert after == before and os.environ.get("HF_ENDPOINT") == env_before
+
+
+def test_hub_serve_without_the_extra_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from publisher import cli
+
+    for name in [m for m in sys.modules if m.startswith("publisher.hubserver")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # as if the extra were not installed
+    assert cli.main(["hub", "serve", "--data", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "pip install 'publisher[hub]'" in err and "fastapi is not installed" in err
+    assert "unexpected" not in err and "Traceback" not in err
 
 
 # ---------------------------------------------------------------------------------------------
