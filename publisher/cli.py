@@ -147,14 +147,23 @@ def cmd_lock(args: argparse.Namespace) -> int:
 
 
 def cmd_card(args: argparse.Namespace) -> int:
-    from publisher.card import CardInputs, write_card
+    from publisher.card import CardInputs, operator_notes, write_card
 
     recipe, plan = _load_plan(args.recipe)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     templates = Path(args.templates) if args.templates else None
-    path = write_card(CardInputs(recipe=recipe, plan=plan), out, templates_dir=templates)
+    inputs = CardInputs(recipe=recipe, plan=plan)
+    path = write_card(inputs, out, templates_dir=templates)
     _out(f"wrote {path} and {path.parent / 'schedule.png'}")
+    notes = operator_notes(inputs)
+    for note in notes:
+        _out(f"note: {note}")
+    # What the operator must do goes to the job summary, above the card, never onto the card.
+    if notes:
+        actions.write_summary(
+            "**Before publishing:**\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+        )
     actions.write_card_summary(path.read_text(encoding="utf-8"))
     return EXIT_OK
 

@@ -193,6 +193,7 @@ class EvalRow:
         dataset_split: split, e.g. `"test"`.
         metric_name: pretty metric name, e.g. `"normalized accuracy"`, or `None`.
         metric_type: model-index metric id when it differs from `metric`, e.g. `"mc2"`.
+        higher_is_better: as lm-eval's `higher_is_better` says (true when it says nothing).
     """
 
     task: str
@@ -208,6 +209,7 @@ class EvalRow:
     dataset_split: str | None = None
     metric_name: str | None = None
     metric_type: str | None = None
+    higher_is_better: bool = True
 
 
 @dataclass

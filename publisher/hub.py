@@ -247,6 +247,7 @@ def run_files(run_dir: Path) -> dict[str, Path]:
         ("recipe.yaml", run.recipe),
         ("recipe.lock.json", run.lock),
         ("plan.json", run.plan),
+        ("card.json", run.card_data),
         ("smoke.json", run.smoke),
         ("eval_results.json", run.eval_results),
         ("verify.json", run.verify),
@@ -329,6 +330,13 @@ def push_run(
             "the run directory changed after verify passed "
             f"({', '.join(changed_since[:5]) or 'no record of what was verified'}); nothing was "
             "uploaded. Run the verify stage again (publisher run RECIPE --stages verify)"
+        )
+    unpinned = _unpinned_parents(run)
+    if unpinned:
+        raise HubError(
+            f"the parents {', '.join(unpinned)} are not pinned to a revision, so nobody could "
+            "reproduce the merge; nothing was uploaded. Run 'publisher lock RECIPE' where the "
+            "Hub is reachable, then run the pipeline again"
         )
     if "/" not in repo_id:
         raise HubError(
@@ -509,6 +517,14 @@ def _open_pr_holding(
         if held is not None:
             return held, pr.url
     return None
+
+
+def _unpinned_parents(run: RunDir) -> list[str]:
+    from publisher.schedule import Plan
+
+    if not run.plan.exists():
+        return ["(no plan.json)"]
+    return [p.ref for p in Plan.read(run.plan).parents if not (p.resolved and p.revision)]
 
 
 def _managed(name: str) -> bool:

@@ -284,6 +284,7 @@ def _card_inputs(ctx: RunContext) -> str:
     return hash_inputs(
         "card",
         ctx.run.plan,
+        ctx.run.merged if ctx.current("merge") else None,
         ctx.run.smoke if ctx.current("smoke") else None,
         ctx.run.eval_results if ctx.current("eval") else None,
         templates,
@@ -293,7 +294,14 @@ def _card_inputs(ctx: RunContext) -> str:
 
 def _verify_inputs(ctx: RunContext) -> str:
     return hash_inputs(
-        "verify", ctx.run.plan, ctx.run.merged, ctx.run.card, ctx.run.smoke, ctx.run.eval_results
+        "verify",
+        ctx.run.plan,
+        ctx.run.merged,
+        ctx.run.card,
+        ctx.run.card_data,
+        ctx.run.smoke,
+        ctx.run.eval_results,
+        *ctx.run.parent_evals(),
     )
 
 
@@ -387,6 +395,7 @@ def _stage_eval(ctx: RunContext) -> list[Path]:
 def card_inputs_for(ctx: RunContext):
     """The card's inputs: the plan, plus each report whose stage succeeded on current inputs."""
     from publisher.card import CardInputs
+    from publisher.cardview import read_model_facts
     from publisher.evaluate import summarize, to_eval_results
     from publisher.schedule import Plan
     from publisher.smoke import SmokeReport
@@ -400,16 +409,25 @@ def card_inputs_for(ctx: RunContext):
         results = json.loads(ctx.run.eval_results.read_text(encoding="utf-8"))
         summary = summarize(results, ctx.eval_settings().suite)
         eval_results = to_eval_results(summary, ctx.recipe.repo_id)
+    model = read_model_facts(ctx.run.merged) if ctx.current("merge") else None
     return CardInputs(
-        recipe=ctx.recipe, plan=plan, smoke=smoke, evaluation=summary, eval_results=eval_results
+        recipe=ctx.recipe,
+        plan=plan,
+        smoke=smoke,
+        evaluation=summary,
+        eval_results=eval_results,
+        model=model,
     )
 
 
 def _stage_card(ctx: RunContext) -> list[Path]:
-    from publisher.card import write_card
+    from publisher.card import operator_notes, write_card
 
-    path = write_card(card_inputs_for(ctx), ctx.run.root, templates_dir=_templates_dir(ctx))
-    return [path, ctx.run.image]
+    inputs = card_inputs_for(ctx)
+    path = write_card(inputs, ctx.run.root, templates_dir=_templates_dir(ctx))
+    for note in operator_notes(inputs):
+        ctx.log(f"  note: {note}")
+    return [path, ctx.run.card_data, ctx.run.image]
 
 
 def _stage_verify(ctx: RunContext) -> list[Path]:
@@ -421,6 +439,7 @@ def _stage_verify(ctx: RunContext) -> list[Path]:
         dtype=ctx.dtype,
         expect_smoke=ctx.current("smoke"),
         expect_eval=ctx.current("eval"),
+        templates_dir=_templates_dir(ctx),
     )
     report.write(ctx.run.verify)
     checked = len(report.tensors)

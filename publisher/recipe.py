@@ -56,6 +56,8 @@ class SmokeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     prompts: list[SmokePrompt] = Field(default_factory=lambda: list(DEFAULT_SMOKE_PROMPTS))
     max_new_tokens: int = Field(default=32, ge=1, le=4096)
+    # A degenerate reply (empty, or one token repeated) is a warning on the card; strict fails.
+    strict: bool = False
 
 
 class EvalSettings(BaseModel):
@@ -72,6 +74,8 @@ class EvalSettings(BaseModel):
     backend: Literal["hf", "vllm"] = "hf"
     # What lm-eval loads the merged weights as; "auto" keeps the checkpoint's dtype.
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    # Evaluate both parents the same way, so the card compares the merge with them.
+    parents: bool = True
 
 
 class MergeSettings(BaseModel):
@@ -93,7 +97,8 @@ class PublishSettings(BaseModel):
     private: bool = False
     description: str | None = None
     tags: list[str] = Field(default_factory=list)
-    language: list[str] = Field(default_factory=lambda: ["en"])
+    # Claimed on the card only when the recipe gives it.
+    language: list[str] = Field(default_factory=list)
     chat_template: str | None = None
     smoke: SmokeSettings = Field(default_factory=SmokeSettings)
     eval: EvalSettings = Field(default_factory=EvalSettings)

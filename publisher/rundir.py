@@ -7,8 +7,10 @@ RUN_DIR/
   merged/              weights, config, tokenizer, chat template (merge stage)
   smoke.json           chat-template smoke test (smoke stage)
   eval/results.json    lm-eval's full output (eval stage)
+  eval/parents/*.json  each parent's lm-eval output on the same tasks (eval stage)
   verify.json          what was checked before publishing (verify stage)
   README.md            the model card (card stage)
+  card.json            the data the card was rendered from (what verify checks)
   schedule.png         the schedule picture the card shows
   manifest.json        per-stage status, timings, input hashes, tool versions, hardware
 """
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CARD_NAME = "README.md"
+CARD_DATA_NAME = "card.json"
 IMAGE_NAME = "schedule.png"
 
 
@@ -56,6 +59,19 @@ class RunDir:
     def eval_results(self) -> Path:
         return self.eval_dir / "results.json"
 
+    def parent_eval(self, ref: str) -> Path:
+        """Where a parent's lm-eval output goes, e.g. `eval/parents/org--name.json` (a local
+        directory by its last part only: the file is published, its path is not)."""
+        repo = ref.partition("@")[0]
+        if repo.startswith((".", "/", "~")) or repo.count("/") > 1:
+            repo = Path(repo).name
+        slug = repo.replace("/", "--")
+        return self.eval_dir / "parents" / f"{slug}.json"
+
+    def parent_evals(self) -> list[Path]:
+        folder = self.eval_dir / "parents"
+        return sorted(folder.glob("*.json")) if folder.is_dir() else []
+
     @property
     def verify(self) -> Path:
         return self.root / "verify.json"
@@ -63,6 +79,10 @@ class RunDir:
     @property
     def card(self) -> Path:
         return self.root / CARD_NAME
+
+    @property
+    def card_data(self) -> Path:
+        return self.root / CARD_DATA_NAME
 
     @property
     def image(self) -> Path:
@@ -90,7 +110,15 @@ class RunDir:
         )
         files += [
             f
-            for f in (self.card, self.image, self.plan, self.smoke, self.eval_results)
+            for f in (
+                self.card,
+                self.card_data,
+                self.image,
+                self.plan,
+                self.smoke,
+                self.eval_results,
+            )
             if f.exists()
         ]
+        files += self.parent_evals()
         return {f.relative_to(self.root).as_posix(): sha256_file(f) for f in files}

@@ -5,7 +5,10 @@
 1. the tokenizer has a chat template;
 2. the template renders a user/assistant exchange (both messages appear in the text);
 3. for each prompt: the logits of a forward pass over the rendered prompt are finite (no NaN/inf),
-   greedy generation gives a non-empty reply, and a second greedy run gives the same tokens.
+   greedy generation ends without error, and a second greedy run gives the same tokens.
+
+A degenerate reply (empty, or one token repeated) is recorded in the report's `warnings`, which
+the card shows; with `publish.smoke.strict: true` it fails the test instead.
 
 A prompt with a system message whose template cannot render one is still run: the system message
 is folded into the user turn, and the transcript's `note` says so.
@@ -71,6 +74,8 @@ class SmokeReport:
         device: where generation ran, e.g. `"cpu"`.
         dtype: the dtype the model was loaded in, e.g. `"float32"`.
         error: the failure message when `passed` is false.
+        warnings: findings that did not fail the test, e.g. a degenerate reply (empty, or one
+            token repeated), which fails it with `publish.smoke.strict: true`.
     """
 
     passed: bool
@@ -79,6 +84,7 @@ class SmokeReport:
     device: str = "cpu"
     dtype: str = "float32"
     error: str | None = None
+    warnings: list[str] = field(default_factory=list)
 
     def write(self, path: Path) -> Path:
         path = Path(path)
@@ -144,9 +150,17 @@ def run_smoke(
         _check_chat_template(tokenizer, model_dir)
         with torch.inference_mode():
             for prompt in settings.prompts:
-                report.transcripts.append(
-                    _converse(tokenizer, model, prompt, settings.max_new_tokens, device)
+                transcript, problem = _converse(
+                    tokenizer, model, prompt, settings.max_new_tokens, device
                 )
+                report.transcripts.append(transcript)
+                if problem:
+                    report.warnings.append(f"the reply to {prompt.user!r} is degenerate: {problem}")
+        if settings.strict and report.warnings:
+            raise SmokeError(
+                "; ".join(report.warnings)
+                + " (publish.smoke.strict is true: a degenerate reply fails the smoke test)"
+            )
     except SmokeError as exc:
         report.error = str(exc)
         if run_dir is not None:
@@ -222,7 +236,7 @@ def _messages(tokenizer: Any, prompt: SmokePrompt) -> tuple[list[dict[str, str]]
 
 def _converse(
     tokenizer: Any, model: Any, prompt: SmokePrompt, max_new_tokens: int, device: str
-) -> SmokeTranscript:
+) -> tuple[SmokeTranscript, str | None]:
     import torch
 
     messages, note = _messages(tokenizer, prompt)
@@ -249,18 +263,13 @@ def _converse(
     second = model.generate(**inputs, generation_config=config)[0, prompt_length:].tolist()
 
     reply = tokenizer.decode(first, skip_special_tokens=True)
-    if not reply.strip():
-        raise SmokeError(
-            f"the model gave an empty reply to {prompt.user!r} ({len(first)} new tokens, "
-            "nothing but special tokens or whitespace)"
-        )
     if first != second:
         again = tokenizer.decode(second, skip_special_tokens=True)
         raise SmokeError(
             f"two greedy runs of {prompt.user!r} gave different replies ({reply!r} and "
             f"{again!r}); generation is not deterministic"
         )
-    return SmokeTranscript(
+    transcript = SmokeTranscript(
         user=prompt.user,
         system=prompt.system,
         rendered_prompt=rendered,
@@ -270,6 +279,19 @@ def _converse(
         tokens_per_second=len(first) / seconds if seconds > 0 else 0.0,
         note=note,
     )
+    return transcript, degenerate(tokenizer, first, reply)
+
+
+def degenerate(tokenizer: Any, tokens: list[int], reply: str) -> str | None:
+    """Why a reply is degenerate, or `None`: empty (nothing but special tokens or whitespace),
+    or one token repeated."""
+    if not reply.strip():
+        return f"empty ({len(tokens)} new tokens, nothing but special tokens or whitespace)"
+    special = set(tokenizer.all_special_ids)
+    content = [t for t in tokens if t not in special]
+    if len(content) > 1 and len(set(content)) == 1:
+        return f"one token repeated {len(content)} times ({reply.split()[0]!r}...)"
+    return None
 
 
 def _greedy_config(tokenizer: Any, model: Any, max_new_tokens: int) -> Any:

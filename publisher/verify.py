@@ -1,5 +1,7 @@
 """Verify before publishing: the weights match the plan, and the card matches its reports.
 
+The card half lives in `publisher.cardcheck`; this module inverts the merge.
+
 The weight check inverts SLERP. mergekit 0.1.5 interpolates each tensor as a whole (its batch
 kernel flattens every tensor into one vector): `merged = c_a * a + c_b * b` with
 `c_a = sin((1-t)θ)/sin θ`, `c_b = sin(tθ)/sin θ` and `θ` the angle between the parents' tensors
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -230,354 +231,6 @@ def verify_weights(
     return checks
 
 
-# ---------------------------------------------------------------------------------------------
-# the card against its sources
-
-_LAYER_ROW = re.compile(r"^\|\s*(\d+)\s*\|(.*)$")
-_THREE_DECIMALS = re.compile(r"(?<![\d.])(\d+\.\d{3})(?!\d)")
-_OPEN_FENCE = re.compile(r"^(`{3,})([^`]*)$")
-_TABLE_SEPARATOR = re.compile(r"^:?-+:?$")
-_SPEED = re.compile(r"(\S+) tokens in (\S+) s \((\S+) tokens/s\)")
-"""How `publisher.card` words a transcript's speed, e.g. `"8 tokens in 0.03 s (293.6 tokens/s)"`."""
-_PARTIAL = re.compile(r"partial run(?: \(limit=[^)\n]*\))?")
-_STATUS = re.compile(r"(?<![\w-])(passed|failed)(?![\w-])")
-SMOKE_HEADING = "## Smoke test"
-EVAL_HEADING = "## Evaluation"
-TRANSCRIPT_HEADING = "### "
-
-
-def _closes(line: str, fence: str) -> bool:
-    stripped = line.strip()
-    return bool(stripped) and set(stripped) == {"`"} and len(stripped) >= len(fence)
-
-
-def _fence_roles(text: str) -> list[tuple[str, str | None]]:
-    """The lines of Markdown `text` (split on "\n" only), each with its part in a backtick code
-    fence: "open", "code" or "close", or None outside one."""
-    out: list[tuple[str, str | None]] = []
-    fence = ""
-    for line in text.split("\n"):
-        if fence:
-            closing = _closes(line, fence)
-            fence = "" if closing else fence
-            out.append((line, "close" if closing else "code"))
-            continue
-        match = _OPEN_FENCE.match(line)
-        if match:
-            fence = match.group(1)
-        out.append((line, "open" if match else None))
-    return out
-
-
-def _lines(text: str) -> list[tuple[str, bool]]:
-    """The lines of Markdown `text`, each with whether it is part of a code fence (fence lines
-    included), so headings inside code are not headings."""
-    return [(line, role is not None) for line, role in _fence_roles(text)]
-
-
-def _section(body: str, heading: str) -> str | None:
-    """The part of the card body from the line `heading` up to the next `## ` heading (fenced
-    code ignored), or `None` when the card has no such heading."""
-    lines = _lines(body)
-    start = next(
-        (i for i, (line, fenced) in enumerate(lines) if not fenced and line.rstrip() == heading),
-        None,
-    )
-    if start is None:
-        return None
-    end = next(
-        (
-            i
-            for i in range(start + 1, len(lines))
-            if not lines[i][1] and lines[i][0].startswith("## ")
-        ),
-        len(lines),
-    )
-    return "\n".join(line for line, _ in lines[start:end])
-
-
-def _subsections(section: str, prefix: str) -> tuple[str, list[str]]:
-    """Split a section at its headings starting with `prefix` (fenced code ignored): the text
-    before the first one, and each subsection (heading included)."""
-    parts: list[list[str]] = [[]]
-    for line, fenced in _lines(section):
-        if not fenced and line.startswith(prefix):
-            parts.append([])
-        parts[-1].append(line)
-    return "\n".join(parts[0]), ["\n".join(part) for part in parts[1:]]
-
-
-def _fenced_blocks(text: str) -> list[str]:
-    """The contents of the closed backtick code fences in `text`, verbatim."""
-    blocks: list[str] = []
-    current: list[str] = []
-    for line, role in _fence_roles(text):
-        if role == "open":
-            current = []
-        elif role == "code":
-            current.append(line)
-        elif role == "close":
-            blocks.append("\n".join(current))
-    return blocks
-
-
-def _shows(text: str, value: str) -> bool:
-    """Whether `text` shows `value` as a whole (`"8 tokens"` is not shown by `"18 tokens"`)."""
-    if not value:
-        return True
-    before = r"(?<![\w.\-])" if value[0].isalnum() else ""
-    after = r"(?![\w]|\.\d)" if value[-1].isalnum() else ""
-    return re.search(before + re.escape(value) + after, text) is not None
-
-
-def _shows_lines(text: str, block: str) -> bool:
-    """Whether `block` (one or more lines) appears in `text` as whole lines."""
-    return f"\n{block}\n" in f"\n{text}\n"
-
-
-def _table_rows(section: str) -> list[list[str]]:
-    """The data rows of the Markdown tables in `section` (header and separator rows left out),
-    each as its stripped cells."""
-    rows: list[list[str]] = []
-    previous_was_row = False
-    for line, fenced in _lines(section):
-        stripped = line.strip()
-        if fenced or not stripped.startswith("|"):
-            previous_was_row = False
-            continue
-        cells = [c.strip() for c in re.split(r"(?<!\\)\|", stripped.strip("|"))]
-        if all(_TABLE_SEPARATOR.match(c) for c in cells if c) and any(cells):
-            if previous_was_row and rows:
-                rows.pop()  # the row above a separator is the header
-            previous_was_row = False
-            continue
-        rows.append(cells)
-        previous_was_row = True
-    return rows
-
-
-def _same(expected: Any, found: Any) -> bool:
-    if isinstance(expected, float) and isinstance(found, float):
-        return expected == found or (math.isnan(expected) and math.isnan(found))
-    return expected == found
-
-
-def check_card(
-    card_text: str, plan: Plan, smoke: Any | None, results: dict | None, suite: str | None
-) -> list[dict[str, Any]]:
-    """Compare every number the card shows with the file it came from.
-
-    - the layer table and the tensors outside the stack: each t, as `plan.json` has it;
-    - the smoke-test section (between `## Smoke test` and the next `## ` heading): the status,
-      the settings, and per transcript (`### ` subsections, in order) the messages, the rendered
-      chat template and the reply (verbatim, as code blocks), the token count, seconds and
-      tokens/s; no section at all when there is no `smoke.json`;
-    - the evaluation section (between `## Evaluation` and the next `## ` heading): one table
-      row per row of the summary of `results.json`, showing exactly its value ± stderr and shots,
-      no other row, the partial-run label with its limit, the lm-eval version and model
-      arguments; no table rows when there are no results;
-    - the `model-index`: per (dataset, metric), the value and the shots/limit arguments.
-
-    The expected text comes from `publisher.card`'s own view functions, so the number formats
-    live in one place. Returns one check record per item: `{"what", "expected", "found", "ok"}`.
-    """
-    from huggingface_hub import ModelCard
-    from huggingface_hub.repocard import REGEX_YAML_BLOCK
-
-    from publisher.card import _eval_view, _smoke_view
-
-    checks: list[dict[str, Any]] = []
-
-    def add(what: str, expected: Any, found: Any, ok: bool | None = None) -> None:
-        checks.append(
-            {
-                "what": what,
-                "expected": expected,
-                "found": found,
-                "ok": _same(expected, found) if ok is None else ok,
-            }
-        )
-
-    match = REGEX_YAML_BLOCK.search(card_text)
-    body = card_text[match.end() :] if match and match.start() == 0 else card_text
-
-    # The layer table: each layer's row shows its groups' t, 3 decimals, in plan.groups order.
-    rows: dict[int, list[str]] = {}
-    for line in body.splitlines():
-        row_match = _LAYER_ROW.match(line.strip())
-        if row_match and int(row_match.group(1)) not in rows:
-            rows[int(row_match.group(1))] = _THREE_DECIMALS.findall(row_match.group(2))
-    for layer in plan.layers:
-        expected = [f"{layer.groups[g]:.3f}" for g in plan.groups if g in layer.groups]
-        found = rows.get(layer.index, [])[: len(expected)]
-        add(f"t table, layer {layer.index}", expected, found)
-    for name, t in plan.outside.items():
-        line = next((ln for ln in body.splitlines() if name in ln and "|" in ln), "")
-        found_values = _THREE_DECIMALS.findall(line)
-        add(f"t of {name}", f"{t:.3f}", found_values[0] if found_values else None)
-
-    # The smoke-test section: what smoke.json recorded, as publisher.card words it.
-    section = _section(body, SMOKE_HEADING)
-    if smoke is None:
-        add(
-            f"no smoke-test section without smoke.json ({SMOKE_HEADING})",
-            False,
-            section is not None,
-        )
-    else:
-        if section is None:
-            add(f"smoke-test section ({SMOKE_HEADING})", True, False)
-            section = ""
-        _check_smoke(add, section, _smoke_view(smoke))
-
-    # Evaluation: the table rows and the model-index equal lm-eval's output, exactly.
-    section = _section(body, EVAL_HEADING)
-    table = _table_rows(section) if section is not None else []
-    try:
-        card_results = list(ModelCard(card_text).data.eval_results or [])
-    except Exception as exc:  # the front matter does not parse: nothing in it can be trusted
-        add("model-index parses", True, f"{type(exc).__name__}: {exc}", ok=False)
-        card_results = []
-    if results is None:
-        add("no evaluation table without results", [], [" | ".join(row) for row in table])
-        add("no evaluation claimed without results", [], [r.metric_value for r in card_results])
-        return checks
-
-    from publisher.evaluate import summarize, to_eval_results
-
-    summary = summarize(results, suite)
-    raw = results.get("results", {})
-    for row in summary.rows:
-        source = raw.get(row.task, {}).get(f"{row.metric},{row.filter}")
-        add(f"eval {row.task} {row.metric} (summary vs results.json)", source, row.value)
-    if section is None:
-        add(f"evaluation section ({EVAL_HEADING})", True, False)
-        section = ""
-    _check_eval_section(add, section, table, _eval_view(summary))
-    _check_model_index(add, card_results, to_eval_results(summary, "model"))
-    return checks
-
-
-def _check_smoke(add: Any, section: str, view: Any) -> None:
-    """The smoke-test section against `view` (publisher.card's `SmokeView` of smoke.json)."""
-    intro, parts = _subsections(section, TRANSCRIPT_HEADING)
-    searched = intro.replace(view.error, "") if view.error else intro
-    add("smoke status", [view.status], list(dict.fromkeys(_STATUS.findall(searched))))
-    add("smoke settings", view.settings, view.settings if _shows(intro, view.settings) else None)
-    if view.error:
-        add("smoke error", view.error, view.error if _shows_lines(intro, view.error) else None)
-    add("smoke transcripts shown", len(view.transcripts), len(parts))
-    for index, t in enumerate(view.transcripts):
-        part = parts[index] if index < len(parts) else ""
-        what = f"smoke prompt {t.number}"
-        if t.system:
-            add(
-                f"{what} system message",
-                t.system,
-                t.system if _shows_lines(part, t.system) else None,
-            )
-        add(f"{what} user message", t.user, t.user if _shows_lines(part, t.user) else None)
-        if t.note:
-            add(f"{what} note", t.note, t.note if _shows(part, t.note) else None)
-        blocks = _fenced_blocks(part)
-        add(
-            f"{what} rendered chat template",
-            t.rendered_prompt,
-            t.rendered_prompt if t.rendered_prompt in blocks else (blocks[0] if blocks else None),
-        )
-        add(
-            f"{what} reply",
-            t.reply,
-            t.reply if t.reply in blocks else (blocks[-1] if blocks else None),
-        )
-        add(
-            f"{what} code blocks other than the rendered prompt and the reply",
-            [],
-            [b for b in blocks if b not in (t.rendered_prompt, t.reply)],
-        )
-        expected = _SPEED.fullmatch(t.speed)
-        shown = _SPEED.findall("\n".join(line for line, fenced in _lines(part) if not fenced))
-        if expected is None:  # publisher.card words the speed otherwise: compare it whole
-            add(f"{what} speed", t.speed, t.speed if _shows(part, t.speed) else None)
-            continue
-        for number, label in enumerate(("generated tokens", "seconds", "tokens/s")):
-            found = [s[number] for s in shown]
-            add(
-                f"{what} {label}",
-                expected.group(number + 1),
-                found[0] if len(found) == 1 else found,
-            )
-
-
-def _check_eval_section(add: Any, section: str, table: list[list[str]], view: Any) -> None:
-    """The evaluation section against `view` (publisher.card's `EvalView` of the summary)."""
-    expected_rows = {(r.task, r.metric): [r.value, r.shots] for r in view.rows}
-    shown: dict[tuple[str, str], list[list[str]]] = {}
-    for cells in table:
-        key = (cells[0], cells[1] if len(cells) > 1 else "")
-        shown.setdefault(key, []).append(cells[2:])
-    for (task, metric), expected in expected_rows.items():
-        found = shown.get((task, metric), [])
-        add(
-            f"eval table {task} {metric} (value ± stderr, shots)",
-            expected,
-            found[0] if len(found) == 1 else (found or None),
-        )
-    add(
-        "eval table rows not in results.json",
-        [],
-        [
-            " | ".join((*key, *cells))
-            for key, rows in shown.items()
-            if key not in expected_rows
-            for cells in rows
-        ],
-    )
-    add(
-        "eval partial-run label (limit)",
-        [view.partial_label] if view.partial_label else [],
-        list(dict.fromkeys(_PARTIAL.findall(section))),
-    )
-    if view.lm_eval_version:
-        version = view.lm_eval_version
-        add("eval lm-eval version", version, version if _shows(section, version) else None)
-    if view.model_args:
-        args = view.model_args
-        shown_args = _shows(section, f"`{args}`")  # the card quotes them as code
-        add("eval model arguments", args, args if shown_args else None)
-
-
-def _check_model_index(add: Any, card_results: list[Any], expected_results: list[Any]) -> None:
-    """The card's model-index against the summary's, per (dataset, metric)."""
-
-    def key(result: Any) -> tuple[str, str]:
-        return (str(result.dataset_name), str(result.metric_type))
-
-    shown: dict[tuple[str, str], list[Any]] = {}
-    for result in card_results:
-        shown.setdefault(key(result), []).append(result)
-    for result in expected_results:
-        name, metric = key(result)
-        found = shown.get((name, metric), [])
-        one = found[0] if len(found) == 1 else None
-        add(
-            f"model-index {name} {metric} value",
-            result.metric_value,
-            one.metric_value if one else ([r.metric_value for r in found] or None),
-        )
-        add(
-            f"model-index {name} {metric} shots/limit",
-            result.dataset_args,
-            one.dataset_args if one else None,
-        )
-    wanted = {key(r) for r in expected_results}
-    add(
-        "model-index entries not in results.json",
-        [],
-        [" ".join(key(r)) for r in card_results if key(r) not in wanted],
-    )
-
-
 def verify_run(
     run: Any,
     parent_dirs: dict[str, Path],
@@ -585,8 +238,11 @@ def verify_run(
     expect_smoke: bool = True,
     expect_eval: bool = True,
     sample: bool | None = None,
+    templates_dir: Path | None = None,
 ) -> VerifyReport:
-    """Check a run directory before publishing: weights against the plan, card against reports."""
+    """Check a run directory before publishing: weights against the plan, card against reports
+    (`publisher.cardcheck`; `templates_dir` is the card stage's, `None` for the default)."""
+    from publisher.cardcheck import check_card
     from publisher.smoke import SmokeReport
 
     plan = Plan.read(run.plan)
@@ -616,9 +272,7 @@ def verify_run(
 
             publish = (yaml.safe_load(run.recipe.read_text()) or {}).get("publish") or {}
             suite = (publish.get("eval") or {}).get("suite")
-        # Bytes decoded as they are: reading as text would turn a rendered "\r\n" into "\n".
-        card_text = run.card.read_bytes().decode("utf-8")
-        card_checks = check_card(card_text, plan, smoke, results, suite)
+        card_checks = check_card(run, plan, smoke, results, suite, templates_dir)
         failures += [
             f"card: {c['what']}: expected {c['expected']}, found {c['found']}"
             for c in card_checks

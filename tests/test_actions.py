@@ -408,7 +408,9 @@ def test_preview_card_summary_and_comment(
     first_metadata_line = (previews / "good" / "README.md").read_text().split("\n")[1]
     assert f"```yaml\n{first_metadata_line}\n" in body
     assert "](schedule.png)" not in body
-    assert body.count("<details>") == body.count("</details>") == 1
+    # One folded card per recipe; the card's own folded sections nest inside it.
+    assert body.count("<details><summary>Model card preview") == 1
+    assert body.count("<details>") == body.count("</details>") > 1
 
     (runner.root / "comment.md").write_text(body, encoding="utf-8")
     monkeypatch.setenv("GITHUB_TOKEN", GH_SENTINEL)

@@ -56,10 +56,16 @@ def test_run_writes_every_report(finished_run):
 def test_card_table_equals_plan(finished_run):
     _, run_dir, _ = finished_run
     plan = json.loads((run_dir / "plan.json").read_text())
-    rows = layer_rows((run_dir / "README.md").read_text())
+    card = (run_dir / "README.md").read_text()
+    rows = layer_rows(card)
+    view = json.loads((run_dir / "card.json").read_text())["view"]
+    columns = [g["name"] for g in view["groups"]]
+    assert columns == ["self_attn", "mlp"]  # `default` is 0.5 everywhere: one sentence
+    assert "`default` tensors use t = 0.500 in every layer." in card
     for layer in plan["layers"]:
-        expected = [round(layer["groups"][g], 3) for g in plan["groups"]]
-        assert rows[layer["index"]][: len(expected)] == expected
+        expected = [round(layer["groups"][g], 3) for g in columns]
+        assert rows[layer["index"]] == expected
+        assert layer["groups"]["default"] == 0.5
 
 
 def test_card_smoke_replies_equal_smoke_json(finished_run):
@@ -141,7 +147,8 @@ def test_verify_catches_a_tampered_eval_number(finished_run, tmp_path, capsys, c
     (run / "README.md").write_text(tampered)
     assert main(["run", str(recipe), "--out", str(run), "--stages", "verify"]) == 1
     err = capsys.readouterr().err
-    assert "model-index" in err
+    assert "README.md is the templates' rendering of card.json" in err
+    assert f"value: {acc}" in err and "value: 0.99" in err
 
 
 def test_verify_catches_tampered_results_json(finished_run, tmp_path, copy_run):

@@ -158,14 +158,36 @@ def test_smoke_fails_on_nan_logits(parent: Path, tmp_path: Path) -> None:
     assert info.value.report.transcripts == []
 
 
-def test_smoke_fails_on_an_empty_reply(parent: Path, tmp_path: Path) -> None:
+def test_an_empty_reply_is_a_warning_and_fails_when_strict(parent: Path, tmp_path: Path) -> None:
     # A zero final norm makes every logit 0, so greedy decoding picks token 0 (<unk>), a special
     # token: the decoded reply is empty.
     model = _copy(parent, tmp_path)
     _edit_weight(model, "model.norm.weight", lambda t: t.zero_())
 
-    with pytest.raises(SmokeError, match="empty reply"):
-        run_smoke(model, SETTINGS)
+    report = run_smoke(model, SETTINGS)
+    assert report.passed
+    assert len(report.warnings) == len(SETTINGS.prompts)
+    assert all("is degenerate: empty" in w for w in report.warnings)
+
+    strict = SETTINGS.model_copy(update={"strict": True})
+    with pytest.raises(SmokeError, match="degenerate: empty.*strict") as info:
+        run_smoke(model, strict)
+    assert info.value.report is not None and not info.value.report.passed
+
+
+def test_one_token_repeated_is_degenerate(parent: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from publisher.smoke import degenerate
+
+    tokenizer = AutoTokenizer.from_pretrained(parent)
+    word = tokenizer.encode("cat", add_special_tokens=False)[:1]
+    repeated = word * 6 + [tokenizer.eos_token_id]
+    assert "one token repeated 6 times" in degenerate(
+        tokenizer, repeated, tokenizer.decode(repeated, skip_special_tokens=True)
+    )
+    varied = tokenizer.encode("the cat sat", add_special_tokens=False)
+    assert degenerate(tokenizer, varied, "the cat sat") is None
 
 
 def test_smoke_fails_when_two_greedy_runs_differ(parent: Path) -> None:

@@ -1,21 +1,23 @@
-"""Verify compares every number on the card with smoke.json and eval/results.json.
+"""Verify checks the data the card was rendered from (`card.json`), not the templates' headings.
 
-Each tamper test edits a copy of the session's finished tiny run (`tiny_run`), checks that the
-edit changed the card, and runs `publisher run RECIPE --out RUN --stages verify`, which must fail
-naming what was changed.
+Tamper tests edit a copy of the session's finished tiny run (`tiny_run`) and run `publisher run
+RECIPE --out RUN --stages verify`, which must fail naming what was changed. Editing the page
+alone breaks "README.md is the templates' rendering of card.json"; editing the data and the page
+together (rendering the edited data) breaks the check of that datum against its source.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest
 
+from publisher.card import read_card_data, render_view
 from publisher.cli import main
 
 TASK = "publisher_tiny_qa"
+RENDERING = "README.md is the templates' rendering of card.json"
 
 
 def _verify(recipe: Path, run: Path, *extra: str) -> int:
@@ -30,34 +32,29 @@ def _failed(run: Path) -> list[str]:
     return [c["what"] for c in _report(run)["card_checks"] if not c["ok"]]
 
 
-def _fails_only_on(recipe: Path, run: Path, capsys, what: str) -> None:
+def _fails_only_on(recipe: Path, run: Path, capsys, what: str, *extra: str) -> None:
     """verify exits 1, says `what`, and `what` is its only failed card check."""
-    assert _verify(recipe, run) == 1
+    assert _verify(recipe, run, *extra) == 1
     err = capsys.readouterr().err
     assert "stage 'verify' failed" in err and what in err
     assert _failed(run) == [what]
 
 
-def _tamper(run: Path, edit) -> str:
-    """Apply `edit` to the run's README.md; fail the test if it changed nothing."""
-    path = run / "README.md"
-    old = path.read_text(encoding="utf-8")
-    new = edit(old)
-    assert new != old, "the tamper did not change the card"
-    path.write_text(new, encoding="utf-8")
-    return new
+def _edit_data(run: Path, edit, templates: Path | None = None) -> None:
+    """Apply `edit` to card.json's view (a dict) and render README.md from the edited data, as
+    a forger who knows the templates would."""
+    from publisher.card import DEFAULT_TEMPLATES_DIR
+    from publisher.cardview import CardView
 
-
-def _section(card: str, heading: str) -> tuple[int, int]:
-    start = card.index(f"\n{heading}\n")
-    end = card.find("\n## ", start + 1)
-    return start, len(card) if end < 0 else end
-
-
-def _in_smoke_section(card: str, edit) -> str:
-    """Apply `edit` to the smoke-test section only."""
-    start, end = _section(card, "## Smoke test")
-    return card[:start] + edit(card[start:end]) + card[end:]
+    path = run / "card.json"
+    record = json.loads(path.read_text(encoding="utf-8"))
+    before = json.dumps(record)
+    edit(record["view"])
+    assert json.dumps(record) != before, "the edit changed nothing"
+    path.write_text(json.dumps(record, indent=2, ensure_ascii=False), encoding="utf-8")
+    view, front = CardView.from_dict(record["view"]), record["front_matter"]
+    text = render_view(view, front, templates or DEFAULT_TEMPLATES_DIR)
+    (run / "README.md").write_text(text, encoding="utf-8", newline="\n")
 
 
 @pytest.fixture
@@ -66,7 +63,7 @@ def run(tiny_run, copy_run) -> tuple[Path, Path]:
     return recipe, copy_run(run_dir)
 
 
-def test_untouched_run_verifies_with_eval_table_and_smoke_checks(run, capsys):
+def test_untouched_run_verifies_its_card_data(run, capsys):
     recipe, run_dir = run
     assert _verify(recipe, run_dir, "--force") == 0, capsys.readouterr().err
     report = _report(run_dir)
@@ -74,129 +71,107 @@ def test_untouched_run_verifies_with_eval_table_and_smoke_checks(run, capsys):
     checks = {c["what"]: c for c in report["card_checks"]}
     assert all(c["ok"] for c in checks.values())
     for what in (
-        f"eval table {TASK} acc (value ± stderr, shots)",
-        f"eval table {TASK} acc_norm (value ± stderr, shots)",
-        "eval table rows not in results.json",
-        "eval partial-run label (limit)",
+        RENDERING,
+        "t of layer 0",
+        "eval rows 1 value",
+        "eval rows 2 value",
+        "eval partial_label",
         f"model-index {TASK} acc value",
-        f"model-index {TASK} acc_norm value",
         f"model-index {TASK} acc shots/limit",
         "smoke status",
-        "smoke transcripts shown",
+        "smoke transcripts 1 reply",
+        "smoke transcripts 2 speed",
+        "sha256 of model.safetensors",
     ):
         assert what in checks, what
-    smoke = json.loads((run_dir / "smoke.json").read_text())
-    assert len(smoke["transcripts"]) == 2
-    for number, transcript in enumerate(smoke["transcripts"], start=1):
-        for label in ("generated tokens", "tokens/s", "seconds", "rendered chat template", "reply"):
-            assert f"smoke prompt {number} {label}" in checks, (number, label)
-        assert checks[f"smoke prompt {number} generated tokens"]["found"] == str(
-            transcript["new_tokens"]
-        )
-        assert (
-            checks[f"smoke prompt {number} rendered chat template"]["found"]
-            == (transcript["rendered_prompt"])
-        )
-    row = checks[f"eval table {TASK} acc (value ± stderr, shots)"]
     acc = json.loads((run_dir / "eval" / "results.json").read_text())["results"][TASK]
-    assert row["found"][0].startswith(f"{acc['acc,none']:.4f} ± ")
+    assert checks["eval rows 1 value"]["found"].startswith(f"{acc['acc,none']:.4f} ± ")
 
 
-@pytest.mark.parametrize("cell", ["value", "stderr", "shots"])
-def test_verify_catches_a_changed_eval_table_cell(run, capsys, cell):
+def test_a_number_changed_on_the_page_alone_fails_with_its_line(run, capsys):
     recipe, run_dir = run
-
-    def edit(card: str) -> str:
-        def change(match: re.Match) -> str:
-            value, stderr, shots = match.group(2), match.group(3), match.group(4)
-            if cell == "value":
-                value = "0.9000" if value != "0.9000" else "0.1000"
-            elif cell == "stderr":
-                stderr = "0.0001" if stderr != "0.0001" else "0.0002"
-            else:
-                shots = str(int(shots) + 5)
-            return f"{match.group(1)}{value} ± {stderr} | {shots} |"
-
-        row = re.compile(rf"^(\| {TASK} \| acc \| )(\S+) ± (\S+) \| (\S+) \|$", re.M)
-        return row.sub(change, card, count=1)
-
-    _tamper(run_dir, edit)
-    _fails_only_on(recipe, run_dir, capsys, f"eval table {TASK} acc (value ± stderr, shots)")
-
-
-def test_verify_catches_an_eval_table_row_results_json_lacks(run, capsys):
-    recipe, run_dir = run
-    _tamper(
-        run_dir,
-        lambda card: re.sub(
-            rf"^(\| {TASK} \| acc_norm \| .*)$",
-            rf"\1\n| {TASK} | f1 | 0.9000 ± 0.0100 | 0 |",
-            card,
-            count=1,
-            flags=re.M,
-        ),
-    )
-    _fails_only_on(recipe, run_dir, capsys, "eval table rows not in results.json")
+    card = (run_dir / "README.md").read_text(encoding="utf-8")
+    view, _ = read_card_data(run_dir / "card.json")
+    value = view.evaluation.rows[0].value
+    assert card.count(value) >= 1
+    (run_dir / "README.md").write_text(card.replace(value, "0.9999", 1), encoding="utf-8")
+    _fails_only_on(recipe, run_dir, capsys, RENDERING)
+    check = next(c for c in _report(run_dir)["card_checks"] if c["what"] == RENDERING)
+    assert value in check["expected"] and "0.9999" in check["found"]
 
 
 @pytest.mark.parametrize(
-    ("label", "group"), [("tokens/s", 3), ("generated tokens", 1), ("seconds", 2)]
+    ("what", "edit"),
+    [
+        ("eval rows 1 value", lambda v: v["evaluation"]["rows"][0].update(value="0.9000")),
+        ("eval rows 2 shots", lambda v: v["evaluation"]["rows"][1].update(shots="5")),
+        ("eval partial_label", lambda v: v["evaluation"].update(partial_label=None)),
+        ("smoke status", lambda v: v["smoke"].update(status="failed")),
+        (
+            "smoke transcripts 1 speed",
+            lambda v: v["smoke"]["transcripts"][0].update(
+                speed="8 tokens in 0.01 s (800.0 tokens/s)"
+            ),
+        ),
+        (
+            "smoke transcripts 1 rendered_prompt",
+            lambda v: v["smoke"]["transcripts"][0].update(
+                rendered_prompt=v["smoke"]["transcripts"][0]["rendered_prompt"].replace(
+                    "user", "usar", 1
+                )
+            ),
+        ),
+        ("t of layer 2", lambda v: v["layers"][2]["cells"][0].update(value="0.999")),
+        ("t of layer 1", lambda v: v["constant_groups"][0]["constant"].update(value="0.400")),
+    ],
 )
-def test_verify_catches_changed_smoke_numbers(run, capsys, label, group):
+def test_changed_card_data_fails_on_that_datum(run, capsys, what, edit):
     recipe, run_dir = run
-
-    def change(match: re.Match) -> str:
-        parts = [match.group(1), match.group(2), match.group(3)]
-        old = parts[group - 1]
-        if group == 1:
-            parts[0] = str(int(old) + 1)
-        else:
-            parts[group - 1] = "999.9" if group == 3 and old != "999.9" else "9.99"
-        assert parts[group - 1] != old
-        return f"{parts[0]} tokens in {parts[1]} s ({parts[2]} tokens/s)"
-
-    speed = re.compile(r"(\d+) tokens in (\S+) s \((\S+) tokens/s\)")
-    _tamper(run_dir, lambda card: _in_smoke_section(card, lambda s: speed.sub(change, s, 1)))
-    _fails_only_on(recipe, run_dir, capsys, f"smoke prompt 1 {label}")
-
-
-def test_verify_catches_a_changed_smoke_status(run, capsys):
-    recipe, run_dir = run
-    _tamper(
-        run_dir,
-        lambda card: _in_smoke_section(card, lambda s: s.replace("**passed**", "**failed**", 1)),
-    )
-    assert _verify(recipe, run_dir) == 1
-    assert "smoke status" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("copy_elsewhere", [False, True])
-def test_verify_catches_a_changed_character_of_the_rendered_template(run, capsys, copy_elsewhere):
-    recipe, run_dir = run
-    smoke = json.loads((run_dir / "smoke.json").read_text())
-    rendered = smoke["transcripts"][0]["rendered_prompt"]
-    assert "user" in rendered
-    changed = rendered.replace("user", "usar", 1)
-
-    def edit(card: str) -> str:
-        card = _in_smoke_section(card, lambda s: s.replace(f"\n{rendered}\n", f"\n{changed}\n", 1))
-        if copy_elsewhere:
-            # The original text elsewhere on the card does not make the smoke section right.
-            card = card.replace(
-                "<!-- publisher:notes:end -->",
-                f"```text\n{rendered}\n```\n<!-- publisher:notes:end -->",
-                1,
-            )
-        return card
-
-    _tamper(run_dir, edit)
+    _edit_data(run_dir, edit)
     assert _verify(recipe, run_dir) == 1
     err = capsys.readouterr().err
-    assert "smoke prompt 1 rendered chat template" in err
-    assert "smoke prompt 1 rendered chat template" in _failed(run_dir)
+    assert what in err
+    failed = _failed(run_dir)
+    assert what in failed and RENDERING not in failed
 
 
-def test_verify_catches_swapped_model_index_values(run, capsys):
+def test_custom_templates_with_other_headings_verify_and_catch_a_wrong_number(
+    tiny_run, copy_run, tmp_path, capsys
+):
+    """A template that renames every heading passes when its numbers are right, and fails when
+    one is wrong: verify never reads the headings."""
+    recipe, original, _ = tiny_run
+    custom = tmp_path / "house-style"
+    custom.mkdir()
+    (custom / "modelcard.md.j2").write_text(
+        "---\n{{ card_data }}\n---\n\n# {{ card.title }}\n\n"
+        "### Scores\n\n{% for r in card.evaluation.rows %}"
+        "- {{ r.task }} / {{ r.metric }}: **{{ r.value }}** ({{ r.shots }}-shot)\n{% endfor %}\n"
+        "### Chat check: {{ card.smoke.status }}\n\n"
+        "### Schedule\n\n{% for row in card.layers %}"
+        "{{ row.index }}:{% for c in row.cells %} {{ c.value }}{% endfor %}\n{% endfor %}\n"
+        "{{ notes_start }}{{ card.notes }}{{ notes_end }}\n",
+        encoding="utf-8",
+    )
+    run_dir = copy_run(original)
+    flags = ["--templates", str(custom)]
+    stages = ["run", str(recipe), "--out", str(run_dir), "--stages", "card,verify", *flags]
+    assert main(stages) == 0, capsys.readouterr().err
+    card = (run_dir / "README.md").read_text(encoding="utf-8")
+    assert "### Scores" in card and "## Evaluation" not in card and "## Smoke test" not in card
+    assert _report(run_dir)["passed"]
+
+    view, _ = read_card_data(run_dir / "card.json")
+    value = view.evaluation.rows[0].value
+    (run_dir / "README.md").write_text(card.replace(f"**{value}**", "**0.9999**"), "utf-8")
+    _fails_only_on(recipe, run_dir, capsys, RENDERING, *flags)
+
+    _edit_data(run_dir, lambda v: v["evaluation"]["rows"][0].update(value="0.9999"), custom)
+    assert _verify(recipe, run_dir, *flags) == 1
+    assert "eval rows 1 value" in capsys.readouterr().err
+
+
+def test_swapped_model_index_values_fail(run, capsys):
     recipe, run_dir = run
     # The tiny run's acc and acc_norm can be equal; give them distinct values and re-render
     # the card from them (eval stays current: its inputs are the weights and settings).
@@ -207,41 +182,45 @@ def test_verify_catches_swapped_model_index_values(run, capsys):
     stages = ["run", str(recipe), "--out", str(run_dir), "--stages", "card,verify"]
     assert main(stages) == 0, capsys.readouterr().err
 
-    def swap(card: str) -> str:
-        front, sep, body = card.partition("\n---\n")
-        front = front.replace("value: 0.25\n", "value: @\n", 1)
-        front = front.replace("value: 0.75\n", "value: 0.25\n", 1).replace(
-            "value: @", "value: 0.75"
-        )
-        return front + sep + body
+    path = run_dir / "card.json"
+    record = json.loads(path.read_text(encoding="utf-8"))
+    front = record["front_matter"]
+    swapped = front.replace("value: 0.25\n", "value: @\n", 1)
+    swapped = swapped.replace("value: 0.75\n", "value: 0.25\n", 1).replace(
+        "value: @", "value: 0.75"
+    )
+    assert swapped != front
+    record["front_matter"] = swapped
+    path.write_text(json.dumps(record), encoding="utf-8")
+    view, _ = read_card_data(path)
+    from publisher.card import DEFAULT_TEMPLATES_DIR
 
-    card = _tamper(run_dir, swap)
-    from huggingface_hub import ModelCard
-
-    swapped = {r.metric_type: r.metric_value for r in ModelCard(card).data.eval_results}
-    assert swapped == {"acc": 0.75, "acc_norm": 0.25}  # the same numbers, sorted, as before
+    (run_dir / "README.md").write_text(render_view(view, swapped, DEFAULT_TEMPLATES_DIR), "utf-8")
     assert _verify(recipe, run_dir) == 1
-    err = capsys.readouterr().err
-    assert f"model-index {TASK} acc value" in err
+    assert f"model-index {TASK} acc value" in capsys.readouterr().err
     assert set(_failed(run_dir)) == {
         f"model-index {TASK} acc value",
         f"model-index {TASK} acc_norm value",
     }
 
 
-def test_check_card_without_results_rejects_an_eval_table(run):
+def test_missing_or_foreign_card_json_fails(run, capsys):
+    recipe, run_dir = run
+    (run_dir / "card.json").write_text('{"view": {"title": 1}}', encoding="utf-8")
+    _fails_only_on(recipe, run_dir, capsys, "card.json is the card's data")
+    (run_dir / "card.json").unlink()
+    _fails_only_on(recipe, run_dir, capsys, "card.json is the card's data")
+
+
+def test_check_card_without_reports_rejects_their_sections(run):
+    from publisher.cardcheck import check_card
+    from publisher.rundir import RunDir
     from publisher.schedule import Plan
-    from publisher.smoke import SmokeReport
-    from publisher.verify import check_card
 
     _, run_dir = run
-    card = (run_dir / "README.md").read_text(encoding="utf-8")
     plan = Plan.read(run_dir / "plan.json")
-    smoke = SmokeReport.read(run_dir / "smoke.json")
-    checks = {c["what"]: c for c in check_card(card, plan, smoke, None, None)}
-    assert not checks["no evaluation table without results"]["ok"]
-    assert len(checks["no evaluation table without results"]["found"]) == 2
+    checks = {c["what"]: c for c in check_card(RunDir(run_dir), plan, None, None, None)}
+    assert not checks["no evaluation section without results"]["ok"]
     assert not checks["no evaluation claimed without results"]["ok"]
-    # Nor may a card show a smoke-test section that no smoke.json backs.
-    checks = {c["what"]: c for c in check_card(card, plan, None, None, None)}
-    assert not checks["no smoke-test section without smoke.json (## Smoke test)"]["ok"]
+    assert len(checks["no evaluation claimed without results"]["found"]) == 2
+    assert not checks["no smoke-test section without smoke.json"]["ok"]
