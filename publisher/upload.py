@@ -45,6 +45,7 @@ REPORT_FILES = (
     "recipe.yaml",
     "recipe.lock.json",
     "plan.json",
+    "card.json",
     "smoke.json",
     "eval_results.json",
     "verify.json",
