@@ -6,13 +6,12 @@ looked up on the Hub); Hub parents are downloaded first at their locked commit.
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from publisher.errors import PublisherError
-from publisher.parents import ParentInfo
+from publisher.parents import ParentInfo, check_compatible
 from publisher.recipe import MergeSettings, Recipe
 from publisher.schedule import rewrite_model_refs
 
@@ -54,24 +53,6 @@ def merge_request_for(
     )
 
 
-# config.json fields two SLERP parents must agree on, and what to tell the user when they don't.
-_MUST_MATCH = (
-    ("architectures", "architectures", "SLERP needs two models of the same architecture"),
-    ("vocab_size", "vocabulary sizes", "merge parents that share a tokenizer"),
-    ("hidden_size", "hidden sizes", "SLERP needs tensors of the same shape"),
-)
-
-
-def check_parents_compatible(parents: list[ParentInfo], local_dirs: dict[str, Path]) -> None:
-    """Refuse parents that mergekit would merge into nonsense: other architectures or vocabularies."""
-    configs = {p.ref: json.loads((local_dirs[p.ref] / "config.json").read_text()) for p in parents}
-    for key, what, hint in _MUST_MATCH:
-        values = {ref: json.dumps(cfg.get(key)) for ref, cfg in configs.items()}
-        if len(set(values.values())) > 1:
-            listing = ", ".join(f"{ref}: {value}" for ref, value in values.items())
-            raise MergeError(f"the parents have different {what} ({listing}); {hint}")
-
-
 def run_merge_stage(
     recipe: Recipe,
     parents: list[ParentInfo],
@@ -89,6 +70,7 @@ def run_merge_stage(
     from mergekit.options import MergeOptions
 
     request = request or MergeRequest()
+    check_compatible(recipe, parents)  # from config.json: before mergekit reads any weight
     for parent in parents:
         path = local_dirs.get(parent.ref)
         if path is None or not (Path(path) / "config.json").exists():
@@ -96,7 +78,6 @@ def run_merge_stage(
                 f"parent '{parent.ref}' is missing: no model directory at "
                 f"{path or '(not downloaded)'}"
             )
-    check_parents_compatible(parents, local_dirs)
     mapping = {ref: str(Path(p).resolve()) for ref, p in local_dirs.items()}
     merge = rewrite_model_refs(recipe.merge, mapping)
     if recipe.publish.chat_template:

@@ -336,7 +336,9 @@ def resolve_parents(
     """Resolve every parent of `recipe`, base model first.
 
     Local directories are read directly; Hub parents come from the lock when it has them, else
-    from the Hub when online. Raises `ParentError` naming every parent that cannot be resolved.
+    from the Hub when online. Raises `ParentError` naming every parent that cannot be resolved,
+    or the fields of config.json the parents must share and do not (`check_compatible`):
+    so parents SLERP cannot merge are refused before any weight is downloaded.
     """
     if online is None:
         online = not _offline()
@@ -375,7 +377,70 @@ def resolve_parents(
             + f". Run 'publisher lock {recipe.path}' where the Hub is reachable, "
             "or point the recipe at local directories."
         )
+    check_compatible(recipe, parents)
     return parents
+
+
+_SAME_SHAPES = "SLERP blends tensors of the same shapes; merge two fine-tunes of one base model"
+MUST_SHARE: tuple[tuple[str, str], ...] = (
+    (
+        "architectures",
+        "SLERP needs two models of the same architecture; pick parents of one family",
+    ),
+    (
+        "vocab_size",
+        "SLERP needs one vocabulary; merge parents that share a tokenizer, or resize one "
+        "parent's embeddings to the other's vocabulary first",
+    ),
+    ("hidden_size", _SAME_SHAPES),
+    ("intermediate_size", _SAME_SHAPES),
+    ("num_attention_heads", _SAME_SHAPES),
+    ("num_key_value_heads", _SAME_SHAPES),
+    ("head_dim", _SAME_SHAPES),
+)
+"""config.json fields two SLERP parents must share, each with what to do when they differ."""
+
+
+def shared_fields(config: dict[str, Any]) -> dict[str, Any]:
+    """The `MUST_SHARE` fields of a parent's config.json, defaults filled in.
+
+    transformers' config class for the `model_type` fills in what the file leaves out (a
+    Llama's `head_dim` is `hidden_size / num_attention_heads` unless written); a config
+    transformers cannot read is compared as written.
+    """
+    from transformers import AutoConfig
+
+    try:
+        full = AutoConfig.for_model(config["model_type"], **config).to_dict()
+    except Exception:  # unknown model type, remote code, a field transformers refuses
+        full = config
+    return {key: full.get(key) for key, _ in MUST_SHARE}
+
+
+def check_compatible(recipe: Recipe, parents: list[ParentInfo]) -> None:
+    """Refuse parents SLERP cannot merge, from their config.json alone (no weights needed).
+
+    Raises `ParentError` with one `FILE:LINE:COL:` line at the other parent in the recipe,
+    naming both parents, every field that differs with both values, and what to do.
+    """
+    known = [p for p in parents if p.config is not None]
+    base = next((p for p in known if p.is_base), None)
+    for other in known:
+        if base is None or other is base:
+            continue
+        ours, theirs = shared_fields(base.config or {}), shared_fields(other.config or {})
+        differ = [key for key, _ in MUST_SHARE if ours[key] != theirs[key]]
+        if not differ:
+            continue
+        listing = ", ".join(
+            f"{key} ({json.dumps(ours[key])} vs {json.dumps(theirs[key])})" for key in differ
+        )
+        hint = dict(MUST_SHARE)[differ[0]]
+        message = (
+            f"parents '{base.ref}' and '{other.ref}' differ in {listing}, by their "
+            f"config.json; {hint}"
+        )
+        raise ParentError(str(recipe.model_problem(other.ref, message)))
 
 
 def _offline() -> bool:
@@ -455,6 +520,7 @@ def resolved_config(parent: ParentInfo) -> dict[str, Any]:
 
 __all__ = [
     "ParentError",
+    "check_compatible",
     "check_parent_dir",
     "check_remote_code",
     "check_weights",

@@ -184,6 +184,32 @@ class Recipe:
     def base_model(self) -> str:
         return str(self.merge_configuration().base_model)
 
+    def model_problem(self, ref: str, message: str) -> Problem:
+        """A `Problem` at the first place the recipe names parent `ref` as a `model:`
+        (else as `base_model:`, else at the top of the file)."""
+        root = yaml.compose(self.text, Loader=yaml.SafeLoader)
+        node = _model_node(root, ref, "model") or _model_node(root, ref, "base_model")
+        if node is None:
+            return Problem(str(self.path), 1, 1, message)
+        return Problem(
+            str(self.path), node.start_mark.line + 1, node.start_mark.column + 1, message
+        )
+
+
+def _model_node(node: yaml.Node | None, ref: str, key: str) -> yaml.Node | None:
+    """The first scalar `key: ref` under `node`, depth first, in file order."""
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            if k.value == key and isinstance(v, yaml.ScalarNode) and v.value == ref:
+                return v
+            if (found := _model_node(v, ref, key)) is not None:
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            if (found := _model_node(item, ref, key)) is not None:
+                return found
+    return None
+
 
 # ---------------------------------------------------------------------------------------------
 # YAML locations

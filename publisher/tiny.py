@@ -95,8 +95,7 @@ def build_tiny_parent(out_dir: Path, seed: int, spec: TinyModelSpec | None = Non
     The same `seed` always gives the same bytes. Every parameter, norms included, is drawn at
     random so that two parents built with different seeds differ in every tensor.
     """
-    import torch
-    from transformers import GenerationConfig, MistralConfig, MistralForCausalLM
+    from transformers import MistralConfig, MistralForCausalLM
 
     spec = spec or TinyModelSpec()
     out_dir = Path(out_dir)
@@ -119,15 +118,35 @@ def build_tiny_parent(out_dir: Path, seed: int, spec: TinyModelSpec | None = Non
         pad_token_id=tokenizer.pad_token_id,
         dtype="float32",
     )
-    generator = torch.Generator().manual_seed(seed)
     model = MistralForCausalLM(config)
+    randomize(model, seed)
+    description = f"A tiny random-weight Mistral-architecture model (seed {seed})"
+    save_tiny_parent(model, tokenizer, out_dir, description)
+    return out_dir
+
+
+def randomize(model, seed: int, std: float = 0.05) -> None:
+    """Draw every parameter of `model` from `seed`: norms around 1, the rest around 0 (`std`).
+
+    Every tensor, norms included, then differs between two parents of different seeds, so a
+    merge of them shows the interpolation factor in every tensor.
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in sorted(model.named_parameters()):
             if name.endswith("norm.weight"):
                 # Around 1 like a trained norm, but different per parent.
                 param.copy_(1.0 + 0.1 * torch.randn(param.shape, generator=generator))
             else:
-                param.copy_(0.05 * torch.randn(param.shape, generator=generator))
+                param.copy_(std * torch.randn(param.shape, generator=generator))
+
+
+def save_tiny_parent(model, tokenizer, out_dir: Path, description: str) -> Path:
+    """Save `model` (safetensors), its generation config and a README card into `out_dir`."""
+    from transformers import GenerationConfig
+
     model.save_pretrained(out_dir, safe_serialization=True)
     GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
@@ -137,8 +156,7 @@ def build_tiny_parent(out_dir: Path, seed: int, spec: TinyModelSpec | None = Non
     (out_dir / "README.md").write_text(
         f"---\nlicense: {TINY_LICENSE}\nlibrary_name: transformers\n"
         f"pipeline_tag: text-generation\ntags:\n- tiny\n- random-weights\n---\n"
-        f"# {out_dir.name}\n\nA tiny random-weight Mistral-architecture model (seed {seed}) "
-        "for testing the publisher pipeline.\n",
+        f"# {out_dir.name}\n\n{description} for testing the publisher pipeline.\n",
         encoding="utf-8",
     )
     return out_dir

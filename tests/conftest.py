@@ -49,6 +49,16 @@ def tiny_parents(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return build_tiny_parents(tmp_path_factory.mktemp("tiny-parents"))
 
 
+@pytest.fixture(scope="session")
+def arch_parents(tmp_path_factory: pytest.TempPathFactory):
+    """`arch_parents(arch) -> (base, other)`: two tiny parents of one architecture of
+    `publisher.tiny_archs.ARCHITECTURES`, each pair built once per session."""
+    from publisher.tiny_archs import build_arch_parents
+
+    root = tmp_path_factory.mktemp("arch-parents")
+    return lambda arch: build_arch_parents(root, arch)
+
+
 @pytest.fixture
 def write_recipe(tmp_path: Path, tiny_parents: tuple[Path, Path]):
     """Write a recipe file; `{base}` and `{other}` are replaced by the tiny parents' paths."""

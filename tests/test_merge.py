@@ -1,10 +1,9 @@
-"""The merge stage's own checks: missing parents, other architectures and vocabularies, the
-recipe's chat template, mergekit's README replaced."""
+"""The merge stage's own checks: missing parents, the recipe's chat template, mergekit's README
+replaced. (Parents that cannot be merged are refused earlier: test_incompatible_parents.py.)"""
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -63,23 +62,3 @@ def test_missing_parent_is_a_clear_error(write_recipe, tmp_path, tiny_parents):
     dirs[str(other)] = tmp_path / "gone"
     with pytest.raises(MergeError, match="is missing"):
         run_merge_stage(recipe, parents, dirs, tmp_path / "out")
-
-
-def test_other_architecture_is_refused(write_recipe, tmp_path, tiny_parents):
-    base, other = tiny_parents
-    odd = Path(shutil.copytree(other, tmp_path / "odd"))
-    config = json.loads((odd / "config.json").read_text())
-    config["architectures"] = ["LlamaForCausalLM"]
-    config["model_type"] = "llama"
-    (odd / "config.json").write_text(json.dumps(config))
-    with pytest.raises(MergeError, match="different architectures"):
-        merge(write_recipe, tmp_path, base, odd)
-
-
-def test_other_vocabulary_is_refused(write_recipe, tmp_path, tiny_parents):
-    from publisher.tiny import TinyModelSpec, build_tiny_parent
-
-    base, _ = tiny_parents
-    small = build_tiny_parent(tmp_path / "small-vocab", seed=7, spec=TinyModelSpec(vocab_size=300))
-    with pytest.raises(MergeError, match="vocabulary"):
-        merge(write_recipe, tmp_path, base, small)
