@@ -28,7 +28,6 @@ from huggingface_hub import ModelCard, ModelCardData
 from huggingface_hub.repocard import REGEX_YAML_BLOCK
 from huggingface_hub.repocard_data import model_index_to_eval_results
 from jinja2 import FileSystemLoader, StrictUndefined, TemplateError, TemplateNotFound
-from jinja2.sandbox import SandboxedEnvironment
 
 from publisher.cardview import CardInputs, CardView, build_view, short_name
 from publisher.errors import PublisherError
@@ -36,6 +35,7 @@ from publisher.licenses import HUB_LICENSES
 from publisher.parents import ParentInfo
 from publisher.recipe import Recipe, repo_id_problem
 from publisher.rundir import CARD_DATA_NAME, CARD_NAME, IMAGE_NAME
+from publisher.sandbox import BoundedEnvironment
 from publisher.schedule import Plan
 
 DEFAULT_TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
@@ -333,11 +333,12 @@ def resolve_templates_dir(recipe: Recipe, templates_dir: Path | None = None) -> 
     return chosen.resolve()
 
 
-def _environment(templates_dir: Path) -> SandboxedEnvironment:
+def _environment(templates_dir: Path) -> BoundedEnvironment:
+    # Templates are recipe-controlled: an immutable sandbox with bounds on time and size.
     search = [str(templates_dir)]
     if templates_dir.resolve() != DEFAULT_TEMPLATES_DIR.resolve():
         search.append(str(DEFAULT_TEMPLATES_DIR))  # templates the custom directory lacks
-    return SandboxedEnvironment(
+    return BoundedEnvironment(
         loader=FileSystemLoader(search),
         undefined=StrictUndefined,
         autoescape=False,
@@ -353,7 +354,8 @@ def render_view(view: CardView, front_matter: str, templates_dir: Path) -> str:
     env = _environment(templates_dir)
     try:
         template = env.get_template(MAIN_TEMPLATE)
-        return template.render(
+        return env.render(
+            template,
             card_data=front_matter,
             card=view,
             notes_start=NOTES_START,

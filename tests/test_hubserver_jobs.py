@@ -90,7 +90,9 @@ def test_volumes_repo_at_revision_read_only_and_bucket_read_write(
     first = api.upload_file(
         path_or_fileobj=b"v1", path_in_repo="sub/a.txt", repo_id="publisher-demo/inputs"
     )
-    api.upload_file(path_or_fileobj=b"v2", path_in_repo="sub/a.txt", repo_id="publisher-demo/inputs")
+    api.upload_file(
+        path_or_fileobj=b"v2", path_in_repo="sub/a.txt", repo_id="publisher-demo/inputs"
+    )
     api.create_bucket("publisher-demo/out", exist_ok=True, private=True)
     volumes = [
         Volume(
