@@ -8,9 +8,12 @@ server the way the demo must: environment variables (for subprocesses) **and** t
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -517,25 +520,33 @@ def test_download_faults(client: HfApi, hub: LocalHub, tmp_path: Path) -> None:
         hf_hub_download(REPO, "a.txt", cache_dir=tmp_path / "c3")
 
 
-def test_faults_and_stats_over_http(client: HfApi, hub: LocalHub) -> None:
-    client.create_repo(REPO)
-    added = httpx2.post(
-        f"{hub.endpoint}/_publisher/faults",
-        json={"method": "GET", "path": "/api/models/", "action": "500", "times": 1},
-    )
-    assert added.status_code == 200
-    with pytest.raises(HfHubHTTPError) as exc:
-        client.model_info(REPO)
-    assert exc.value.response.status_code == 500
-    assert client.model_info(REPO).sha
+def test_faults_and_stats_over_http_need_the_token(tmp_path: Path, monkeypatch) -> None:
+    with LocalHub(tmp_path / "data", token=TOKEN) as hub:
+        point_client_at(monkeypatch, hub.endpoint, tmp_path / "hf")
+        client = HfApi()
+        client.create_repo(REPO)
+        test_api = httpx2.Client(
+            base_url=f"{hub.endpoint}/_publisher", headers={"Authorization": f"Bearer {TOKEN}"}
+        )
+        rule = {"method": "GET", "path": "/api/models/", "action": "500", "times": 1}
+        for anonymous in (
+            httpx2.post(f"{hub.endpoint}/_publisher/faults", json=rule),
+            httpx2.get(f"{hub.endpoint}/_publisher/faults"),
+            httpx2.get(f"{hub.endpoint}/_publisher/stats"),
+        ):
+            assert anonymous.status_code == 401
+        assert not hub.faults.rules
 
-    stats = httpx2.get(f"{hub.endpoint}/_publisher/stats").json()
-    assert {"lfs_bytes_uploaded", "commits", "requests"} <= set(stats)
-    faults = httpx2.get(f"{hub.endpoint}/_publisher/faults").json()
-    assert faults["fired"][0]["action"] == "500"
-    assert (
-        httpx2.post(f"{hub.endpoint}/_publisher/faults", json={"action": "boom"}).status_code == 400
-    )
+        assert test_api.post("/faults", json=rule).status_code == 200
+        with pytest.raises(HfHubHTTPError) as exc:
+            client.model_info(REPO)
+        assert exc.value.response.status_code == 500
+        assert client.model_info(REPO).sha
+
+        stats = test_api.get("/stats").json()
+        assert {"lfs_bytes_uploaded", "commits", "requests"} <= set(stats)
+        assert test_api.get("/faults").json()["fired"][0]["action"] == "500"
+        assert test_api.post("/faults", json={"action": "boom"}).status_code == 400
 
 
 def test_test_api_is_off_unless_asked(tmp_path: Path) -> None:
@@ -604,6 +615,161 @@ def test_resolve_headers(hub: LocalHub, client: HfApi) -> None:
     missing = httpx2.head(f"{hub.endpoint}/{REPO}/resolve/main/nope.txt")
     assert missing.status_code == 404 and missing.headers["X-Error-Code"] == "EntryNotFound"
     assert missing.headers["X-Repo-Commit"] == commit.oid
+
+
+def test_uploaded_html_and_svg_download_as_attachments(hub: LocalHub, client: HfApi) -> None:
+    client.create_repo(REPO)
+    files = {
+        "page.html": b"<script>alert(1)</script>",
+        "logo.svg": b'<svg xmlns="http://www.w3.org/2000/svg" onload="alert(1)"/>',
+        "notes.txt": b"<script>alert(1)</script>",
+        "schedule.png": b"\x89PNG\r\n\x1a\n",
+    }
+    client.create_commit(
+        REPO,
+        operations=[CommitOperationAdd(name, data) for name, data in files.items()],
+        commit_message="files",
+    )
+    for name, data in files.items():
+        got = httpx2.get(f"{hub.endpoint}/{REPO}/resolve/main/{name}")
+        disposition = got.headers["Content-Disposition"].split(";")[0]
+        active = name.endswith((".html", ".svg"))
+        assert disposition == ("attachment" if active else "inline"), name
+        assert got.headers["X-Content-Type-Options"] == "nosniff" and got.content == data
+    assert Path(hf_hub_download(REPO, "page.html")).read_bytes() == files["page.html"]
+
+
+# ---------------------------------------------------------------------------------------------
+# hardening: every malformed request is a 4xx, bodies are bounded, leftovers are cleaned
+
+
+def test_malformed_requests_get_a_4xx(hub: LocalHub, client: HfApi) -> None:
+    client.create_repo(REPO)
+    api = f"/api/models/{REPO}"
+    commit = f"{api}/commit/main"
+
+    def ndjson(*lines: Any) -> bytes:
+        return b"\n".join(json.dumps(line).encode() for line in lines)
+
+    header = {"key": "header", "value": {"summary": "x"}}
+    cases: list[tuple[str, str, bytes]] = [
+        ("POST", "/api/repos/create", b"{not json"),
+        ("POST", "/api/repos/create", b"\x80 not utf-8"),
+        ("POST", "/api/repos/create", b"[]"),
+        ("POST", "/api/repos/create", b'{"name": 5}'),
+        ("POST", "/api/repos/create", b'{"name": "a\\u0000b"}'),
+        ("DELETE", "/api/repos/delete", b"{not json"),
+        ("POST", "/api/validate-yaml", b'{"content": 5}'),
+        ("POST", f"{api}/preupload/main", b'{"files": [{}]}'),
+        ("POST", f"{api}/preupload/main", b'{"files": [{"path": "a", "size": "big"}]}'),
+        ("POST", f"{api}/preupload/main", b'{"files": [{"path": "a", "sample": "!!"}]}'),
+        ("POST", commit, b"not ndjson"),
+        ("POST", commit, ndjson({"key": "header", "value": "not an object"})),
+        ("POST", commit, ndjson(header, {"key": "file", "value": {"content": "aGk="}})),
+        ("POST", commit, ndjson(header, {"key": "file", "value": {"path": "a", "content": "!"}})),
+        ("POST", commit, ndjson(header, {"key": "lfsFile", "value": {"path": "a.bin"}})),
+        ("POST", commit, ndjson({"key": "header", "value": {"parentCommit": 5}})),
+        ("POST", f"{api}/branch/dev", b'{"startingPoint": 5}'),
+        ("POST", f"/{REPO}.git/info/lfs/objects/batch", b'{"operation": "upload", "objects": 1}'),
+        ("POST", f"{api}/discussions/1/merge", b"{not json"),
+        ("POST", f"/api/jobs/{DEFAULT_USER}", b"{not json"),
+        ("POST", "/_publisher/faults", b'{"action": "500", "path": "("}'),
+        ("POST", "/_publisher/faults", b'{"action": "500", "method": 5}'),
+    ]
+    # a NUL, a line break, DEL, bytes that are not UTF-8 or not ASCII, in a repo id or a path
+    for bad in ("a%00b", "a%0D%0Ab", "a%7Fb", "a%FFb", "%E2%98%83"):
+        cases += [
+            ("GET", f"/api/models/{bad}/model", b""),
+            ("GET", f"/api/models/{REPO}/revision/{bad}", b""),
+            ("GET", f"/api/models/{REPO}/tree/main/{bad}", b""),
+            ("HEAD", f"/{bad}/model/resolve/main/config.json", b""),
+            ("GET", f"/{REPO}/resolve/main/{bad}", b""),
+            ("POST", f"{api}/branch/{bad}", b"{}"),
+        ]
+    with httpx2.Client(base_url=hub.endpoint, headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+        statuses = {
+            (method, path, body[:40]): http.request(method, path, content=body).status_code
+            for method, path, body in cases
+        }
+    assert {case: s for case, s in statuses.items() if not 400 <= s < 500} == {}
+    assert client.list_repo_files(REPO) == [".gitattributes"]
+
+
+def _raw_request(endpoint: str, head: str, body: bytes, *, chunked: bool = False) -> int:
+    """Send `head` and then `body` (as one chunk of a chunked body if `chunked`), never the
+    rest a Content-Length announces; return the status the server answered."""
+    host, port = endpoint.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(
+            head.encode() + (b"Transfer-Encoding: chunked\r\n" if chunked else b"") + b"\r\n"
+        )
+        with contextlib.suppress(OSError):  # the server may close before it read everything
+            sock.sendall(b"%x\r\n%s\r\n" % (len(body), body) if chunked else body)
+        status_line = sock.makefile("rb").readline()
+    return int(status_line.split()[1])
+
+
+def test_request_bodies_are_bounded_before_they_are_read(hub: LocalHub, client: HfApi) -> None:
+    client.create_repo(REPO)
+    half_gb = 512 * 1024 * 1024
+    for path in ("/api/repos/create", f"/api/models/{REPO}/commit/main", "/api/validate-yaml"):
+        head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {half_gb}\r\n"
+        assert _raw_request(hub.endpoint, head, b"{" * 65536) == 413, path
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\n"
+    assert _raw_request(hub.endpoint, head, b" " * (17 * 1024 * 1024), chunked=True) == 413
+    # an LFS object PUT carries no token: only an upload the batch call offered, at its size
+    oid = hashlib.sha256(b"weights").hexdigest()
+    put = f"PUT /{REPO}.git/info/lfs/objects/{oid} HTTP/1.1\r\nHost: x\r\n"
+    assert _raw_request(hub.endpoint, put + f"Content-Length: {half_gb}\r\n", b"w" * 65536) == 400
+    offered = httpx2.post(
+        f"{hub.endpoint}/{REPO}.git/info/lfs/objects/batch",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        json={"operation": "upload", "objects": [{"oid": oid, "size": 7}]},
+    )
+    assert offered.json()["objects"][0]["actions"]["upload"]["href"].endswith(oid)
+    assert _raw_request(hub.endpoint, put + f"Content-Length: {half_gb}\r\n", b"w" * 65536) == 400
+    assert _raw_request(hub.endpoint, put, b"w" * 65536, chunked=True) == 413
+    assert _raw_request(hub.endpoint, put + "Content-Length: 7\r\n", b"weights") == 200
+    assert hub.stats.lfs_bytes_uploaded == 7 and not list((hub.data_dir / "tmp").iterdir())
+
+
+def test_partial_uploads_are_cleaned_at_start(tmp_path: Path) -> None:
+    store = create_app(tmp_path).state.store
+    store.create_repo(REPO)
+    partial = tmp_path / "tmp" / "upload-killed"
+    partial.write_bytes(b"half an upload")
+    half_json = tmp_path / "repos" / REPO / "commits" / ".tmp-killed.json"
+    half_json.write_text("{")
+    assert create_app(tmp_path).state.store.list_repos() == [REPO]
+    assert not partial.exists() and not half_json.exists()
+
+
+def test_parent_commit_is_compared_in_full(hub: LocalHub, client: HfApi) -> None:
+    client.create_repo(REPO)
+    head = client.model_info(REPO).sha or ""
+    client.upload_file(path_or_fileobj=b"1", path_in_repo="a.txt", repo_id=REPO)
+    new_head = client.model_info(REPO).sha or ""
+    # the client's own shorthand (5 to 40 hex digits) names a commit: a stale one is refused
+    with pytest.raises(HfHubHTTPError) as exc:
+        client.upload_file(
+            path_or_fileobj=b"2", path_in_repo="b.txt", repo_id=REPO, parent_commit=head[:7]
+        )
+    assert exc.value.response.status_code == 412
+    client.upload_file(
+        path_or_fileobj=b"2", path_in_repo="b.txt", repo_id=REPO, parent_commit=new_head[:7]
+    )
+    stale = client.model_info(REPO).sha or ""
+    client.upload_file(path_or_fileobj=b"3", path_in_repo="c.txt", repo_id=REPO)
+    # what the client never sends must not skip the check: an empty or a 1-digit parent
+    for parent in ("", stale[:1], stale[:4]):
+        line = {"key": "header", "value": {"summary": "x", "parentCommit": parent}}
+        answer = httpx2.post(
+            f"{hub.endpoint}/api/models/{REPO}/commit/main",
+            content=json.dumps(line).encode(),
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        )
+        assert answer.status_code == 400, parent
+    assert len(client.list_repo_commits(REPO)) == 4
 
 
 def test_hub_client_env_restores_everything(tmp_path: Path) -> None:

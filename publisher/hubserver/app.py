@@ -4,11 +4,13 @@
 `create_app` wires the routers of `publisher.hubserver.routes`, one per concern: `repos`
 (account, repo info, listings), `commits` (preupload, commit, branches, Git LFS), `downloads`
 (resolve), `prs` (pull requests), `jobs` (Jobs, run as local subprocesses), `pages` (HTML).
-Handlers reach the store through `context.hub_of(request)`; a `HubStoreError` anywhere becomes the Hub's JSON error answer.
+Handlers reach the store through `context.hub_of(request)`; a `HubStoreError` anywhere
+becomes the Hub's JSON error answer, and a body that is not JSON a 400.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -18,6 +20,7 @@ from publisher.hubserver.auth import DEFAULT_USER, Auth
 from publisher.hubserver.context import HubContext
 from publisher.hubserver.faults import FaultInjector, FaultMiddleware, HubStats
 from publisher.hubserver.jobrunner import LocalJobs
+from publisher.hubserver.limits import BodyLimitMiddleware
 from publisher.hubserver.protocol import error_response
 from publisher.hubserver.routes import commits, downloads, jobs, pages, prs, repos, testapi
 from publisher.hubserver.store import HubStore, HubStoreError
@@ -60,8 +63,11 @@ def create_app(
     app.state.store, app.state.faults, app.state.stats = hub.store, hub.faults, hub.stats
     app.state.user = user
     app.state.jobs = LocalJobs(Path(data_dir), hub.store)
-    app.add_middleware(FaultMiddleware, faults=hub.faults, stats=hub.stats)
+    app.add_middleware(BodyLimitMiddleware)
+    app.add_middleware(FaultMiddleware, faults=hub.faults, stats=hub.stats)  # the outer one
     app.add_exception_handler(HubStoreError, _store_error)  # type: ignore[arg-type]
+    for malformed in (json.JSONDecodeError, UnicodeDecodeError):  # from `request.json()`
+        app.add_exception_handler(malformed, _malformed_body)  # type: ignore[arg-type]
     if test_api:
         app.include_router(testapi.router)
     # The HTML pages come last: `/{ns}/{name}` would otherwise match `/_publisher/stats`.
@@ -72,3 +78,7 @@ def create_app(
 
 async def _store_error(request: Request, exc: HubStoreError) -> JSONResponse:
     return error_response(exc.status, str(exc), exc.code)
+
+
+async def _malformed_body(request: Request, exc: ValueError) -> JSONResponse:
+    return error_response(400, f"the request body is not valid JSON: {exc}", None)

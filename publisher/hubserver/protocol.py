@@ -8,6 +8,7 @@ read the raw request path so an encoded `/` is not mistaken for a path separator
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -15,6 +16,8 @@ from fastapi.responses import JSONResponse
 from starlette.requests import Request
 
 from publisher.hubserver.store import InvalidRequest
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def segments(request: Request) -> list[str]:
@@ -50,7 +53,7 @@ async def json_body(request: Request, *, empty_ok: bool = False) -> dict[str, An
         raise InvalidRequest("expected a JSON body")
     try:
         data = json.loads(body)
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # JSONDecodeError, or UnicodeDecodeError for bytes not UTF-8
         raise InvalidRequest(f"invalid JSON body: {exc}") from exc
     if not isinstance(data, dict):
         raise InvalidRequest("expected a JSON object")
@@ -67,10 +70,17 @@ def error_response(
     """An error as the Hub sends it: `{"error": message}` plus `X-Error-Message` and, where
     huggingface_hub maps it to an exception class, `X-Error-Code`."""
     out = dict(headers or {})
-    out["X-Error-Message"] = message.encode("ascii", "replace").decode().replace("\n", " ")[:500]
+    out["X-Error-Message"] = header_safe(message)[:500]
     if code:
         out["X-Error-Code"] = code
     return JSONResponse({"error": message, **(body or {})}, status_code=status, headers=out)
+
+
+def header_safe(text: str) -> str:
+    """`text` as an HTTP header value: control characters (a NUL, a line break) and non-ASCII
+    escaped. The server refuses to send a header holding them and drops the connection."""
+    escaped = text.replace("\n", " ").encode("ascii", "backslashreplace").decode("ascii")
+    return _CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}", escaped)
 
 
 def base_url(request: Request) -> str:

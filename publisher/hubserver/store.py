@@ -17,7 +17,6 @@ maps each file path to its `TreeEntry`. One re-entrant lock serialises every cha
 
 from __future__ import annotations
 
-import base64
 import fnmatch
 import hashlib
 import json
@@ -68,6 +67,7 @@ DEFAULT_GITATTRIBUTES = "".join(
 """The `.gitattributes` of a new repo's initial commit, as on the Hub."""
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+_BRANCH_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _COMMIT_RE = re.compile(r"^[0-9a-f]{7,40}$")
 _PR_REF_RE = re.compile(r"^refs/pr/(\d+)$")
@@ -399,6 +399,11 @@ class HubStore:
         self.blobs_dir = self.data_dir / "blobs"
         self.repos_dir = self.data_dir / "repos"
         self.tmp_dir = self.data_dir / "tmp"
+        # Partial uploads and half-written JSON from a server that was killed: nothing reads
+        # them, and one server at a time serves a data directory.
+        shutil.rmtree(self.tmp_dir, ignore_errors=True)
+        for leftover in self.repos_dir.glob("*/*/**/.tmp-*.json"):
+            leftover.unlink(missing_ok=True)
         for d in (self.blobs_dir, self.repos_dir, self.tmp_dir):
             d.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
@@ -556,6 +561,18 @@ class HubStore:
                 return found[0]
         raise RevisionNotFound(f"Invalid rev id: {revision}")
 
+    def _commit_with_prefix(self, state: RepoState, prefix: str) -> str | None:
+        """The full id of the one commit whose id starts with `prefix`, None when no commit or
+        more than one does. A prefix has 5 to 40 hex digits, as the client checks a
+        `parent_commit` (`constants.REGEX_COMMIT_OID`): an empty one must not match them all."""
+        prefix = prefix.lower()
+        if not re.fullmatch(r"[0-9a-f]{5,40}", prefix):
+            raise InvalidRequest(f"parentCommit must be 5 to 40 hex digits, not {prefix!r}")
+        found = [
+            p.stem for p in (self._repo_dir(state.repo_id) / "commits").glob(f"{prefix}*.json")
+        ]
+        return found[0] if len(found) == 1 else None
+
     def history(self, repo_id: str, revision: str) -> list[Commit]:
         """Commits reachable from `revision` by first parents, newest first."""
         with self._lock:
@@ -596,8 +613,9 @@ class HubStore:
     ) -> CommitResult:
         """Apply `operations` on top of `revision` (a branch or `refs/pr/N`) in one commit.
 
-        With `parent_commit`, refuses (`ParentMismatch`, HTTP 412) unless it is the current head
-        of `revision`. With `create_pr`, `revision` is left alone and the commit goes to a new
+        With `parent_commit` (a commit id, or a unique prefix of 5 or more hex digits), refuses
+        (`ParentMismatch`, HTTP 412) unless the commit it names is the current head of
+        `revision`. With `create_pr`, `revision` is left alone and the commit goes to a new
         `refs/pr/<N>`; the result carries the PR number. As on the Hub, `create_pr` with
         `parent_commit` opens the pull request from that commit, which need not be the head.
         """
@@ -605,13 +623,17 @@ class HubStore:
         with self._lock:
             state = self._load(repo_id)
             ref, head_id = self._writable_ref(state, revision, create_pr)
-            if create_pr and parent_commit is not None:
-                head_id = self._resolve_id(state, parent_commit)
-            elif parent_commit is not None and not head_id.startswith(parent_commit.lower()):
-                raise ParentMismatch(
-                    f"A commit has happened since. Please refresh and try again. "
-                    f"(parent commit {parent_commit} is not the head {head_id} of {revision})"
-                )
+            if parent_commit is not None:
+                parent_id = self._commit_with_prefix(state, parent_commit)
+                if create_pr:  # the pull request is opened from the parent, head or not
+                    if parent_id is None:
+                        raise RevisionNotFound(f"Invalid rev id: {parent_commit}")
+                    head_id = parent_id
+                elif parent_id != head_id:  # the full ids, not a prefix of the head's
+                    raise ParentMismatch(
+                        f"A commit has happened since. Please refresh and try again. "
+                        f"(parent commit {parent_commit} is not the head {head_id} of {revision})"
+                    )
             head = self.get_commit(repo_id, head_id)
             tree = dict(head.tree)
             added, deleted = self._apply(tree, operations)
@@ -707,8 +729,15 @@ class HubStore:
             state = self._load(repo_id)
             if branch in state.branches:
                 raise RepoExists(f"Reference already exists: refs/heads/{branch}")
-            if not branch or branch.startswith("refs/") or ".." in branch:
-                raise InvalidRequest(f"invalid branch name {branch!r}")
+            if (
+                not _BRANCH_RE.match(branch)
+                or branch.startswith("refs/")
+                or any(bad in branch for bad in ("..", "//", "/."))
+                or branch.endswith((".lock", "/"))
+            ):
+                raise InvalidRequest(
+                    f"invalid branch name {branch!r}: letters, digits, '.', '_', '-' and '/'"
+                )
             state.branches[branch] = self._resolve_id(state, revision or MAIN_BRANCH)
             self._save(state)
 
@@ -755,19 +784,19 @@ class HubStore:
         self,
         repo_id: str,
         revision: str,
-        files: list[dict[str, Any]],
+        files: list[tuple[str, int, bytes]],
         gitignore: str | None = None,
     ) -> list[UploadMode]:
-        """The preupload answer: LFS or regular, ignored or not, and the current oid per file."""
+        """The preupload answer: LFS or regular, ignored or not, and the current oid, for each
+        file given as (path, size, first bytes)."""
         with self._lock:
             commit = self.resolve(repo_id, revision)
         if gitignore is None and ".gitignore" in commit.tree:
             gitignore = self.read_blob(commit.tree[".gitignore"].sha256).decode("utf-8", "replace")
         out = []
-        for item in files:
-            path = validate_path(str(item["path"]))
-            sample = base64.b64decode(item.get("sample") or "")
-            lfs = should_go_lfs(path, int(item.get("size", 0)), sample)
+        for path, size, sample in files:
+            path = validate_path(path)
+            lfs = should_go_lfs(path, size, sample)
             existing = commit.tree.get(path)
             oid = None
             if existing is not None:

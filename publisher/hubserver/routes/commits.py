@@ -18,10 +18,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import ClientDisconnect
 
 from publisher.hubserver.context import HubContext, hub_of
 from publisher.hubserver.faults import CommitRecord
+from publisher.hubserver.limits import PayloadTooLarge, content_length
 from publisher.hubserver.protocol import (
     base_url,
     error_response,
@@ -48,12 +48,11 @@ async def preupload(ns: str, name: str, rest: str, request: Request) -> dict[str
     hub.auth.require(request, "upload", repo_id=repo_id, store=hub.store)
     revision, _ = revision_and_path(request, 5)
     body = await json_body(request)
-    files = body.get("files")
-    if not isinstance(files, list):
-        raise InvalidRequest("preupload expects {'files': [{'path', 'sample', 'size'}, ...]}")
-    modes = await run_in_threadpool(
-        hub.store.upload_modes, repo_id, revision, files, body.get("gitIgnore")
-    )
+    files = _preupload_files(body.get("files"))
+    gitignore = body.get("gitIgnore")
+    if gitignore is not None and not isinstance(gitignore, str):
+        raise InvalidRequest("'gitIgnore' must be the text of a .gitignore")
+    modes = await run_in_threadpool(hub.store.upload_modes, repo_id, revision, files, gitignore)
     head = hub.store.resolve(repo_id, revision)
     return {
         "files": [
@@ -62,6 +61,26 @@ async def preupload(ns: str, name: str, rest: str, request: Request) -> dict[str
         ],
         "commitOid": head.id,
     }
+
+
+def _preupload_files(files: Any) -> list[tuple[str, int, bytes]]:
+    """(path, size, first bytes) of each file: what `_commit_api._fetch_upload_modes` sends."""
+    shape = "preupload expects {'files': [{'path': str, 'size': int, 'sample': base64}, ...]}"
+    if not isinstance(files, list):
+        raise InvalidRequest(shape)
+    out = []
+    for item in files:
+        if not isinstance(item, dict):
+            raise InvalidRequest(shape)
+        path, size, sample = item.get("path"), item.get("size", 0), item.get("sample") or ""
+        if not isinstance(path, str) or not isinstance(size, int) or not isinstance(sample, str):
+            raise InvalidRequest(shape)
+        try:
+            first_bytes = base64.b64decode(sample, validate=True)
+        except ValueError as exc:
+            raise InvalidRequest(f"bad base64 sample for {path}") from exc
+        out.append((validate_path(path), size, first_bytes))
+    return out
 
 
 @router.post("/api/models/{ns}/{name}/commit/{rest:path}")
@@ -78,7 +97,7 @@ async def commit(ns: str, name: str, rest: str, request: Request) -> dict[str, A
             title=str(header.get("summary") or "Upload files"),
             message=str(header.get("description") or ""),
             author=author,
-            parent_commit=header.get("parentCommit"),
+            parent_commit=_parent_commit(header),
             create_pr=truthy(request.query_params.get("create_pr")),
         )
     )
@@ -93,6 +112,14 @@ async def commit(ns: str, name: str, rest: str, request: Request) -> dict[str, A
         "pullRequestUrl": pr_url,
         "pullRequestRevision": result.ref if result.pr_num else None,
     }
+
+
+def _parent_commit(header: dict[str, Any]) -> str | None:
+    """The header's `parentCommit` (the store checks it names one commit), None without one."""
+    parent = header.get("parentCommit")
+    if parent is not None and not isinstance(parent, str):
+        raise InvalidRequest(f"parentCommit must be a commit id, not {parent!r}")
+    return parent
 
 
 def _record(hub: HubContext, result: CommitResult) -> None:
@@ -115,10 +142,10 @@ async def create_branch(ns: str, name: str, rest: str, request: Request) -> Resp
     hub, repo_id = hub_of(request), f"{ns}/{name}"
     hub.auth.require(request, "create a branch", repo_id=repo_id, store=hub.store)
     branch, _ = revision_and_path(request, 5, split_refs=False)
-    body = await json_body(request, empty_ok=True)
-    await run_in_threadpool(
-        lambda: hub.store.create_branch(repo_id, branch, body.get("startingPoint"))
-    )
+    starting_point = (await json_body(request, empty_ok=True)).get("startingPoint")
+    if starting_point is not None and not isinstance(starting_point, str):
+        raise InvalidRequest("'startingPoint' must be a revision")
+    await run_in_threadpool(lambda: hub.store.create_branch(repo_id, branch, starting_point))
     return Response(status_code=200)
 
 
@@ -156,12 +183,13 @@ def _batch_object(hub: HubContext, base: str, obj: dict[str, Any]) -> dict[str, 
         }
     if hub.store.has_blob(oid, size):
         return {"oid": oid, "size": size}  # no actions: nothing to send
+    hub.lfs_offers.offer(oid.lower(), size)
     return {
         "oid": oid,
         "size": size,
         "authenticated": True,
         "actions": {
-            "upload": {"href": f"{base}/objects/{oid}?size={size}"},
+            "upload": {"href": f"{base}/objects/{oid}"},
             "verify": {"href": f"{base}/verify"},
         },
     }
@@ -170,34 +198,49 @@ def _batch_object(hub: HubContext, base: str, obj: dict[str, Any]) -> dict[str, 
 @router.put("/{ns}/{name}.git/info/lfs/objects/{oid}")
 async def lfs_upload(ns: str, name: str, oid: str, request: Request) -> JSONResponse:
     # huggingface_hub sends the PUT without credentials (it targets a pre-signed URL on the
-    # Hub); the content is checked against its sha256, so nobody can store a wrong blob.
-    hub = hub_of(request)
+    # Hub). What bounds it: only an object the authenticated batch call offered, only up to the
+    # size offered, and the content must hash to the oid.
+    hub, oid = hub_of(request), oid.lower()
     if not hub.store.repo_exists(f"{ns}/{name}"):
         raise RepoNotFound(f"Repository {ns}/{name} not found")
-    expected = request.query_params.get("size")
+    size = hub.lfs_offers.size_of(oid)
+    if size is None:
+        raise InvalidRequest(f"no upload of LFS object {oid} was offered: call the batch API first")
+    declared = content_length(request.scope)
+    if declared is not None and declared != size:
+        raise InvalidRequest(f"LFS object {oid} has {size} bytes, not {declared}")
+    received, digest = await _receive_upload(hub, request, oid, size)
+    if digest != oid or received != size:
+        raise InvalidRequest(
+            f"uploaded content does not match the LFS object: sha256 {digest} size {received}, "
+            f"expected {oid} size {size}"
+        )
+    hub.stats.add_lfs_object()
+    return JSONResponse({"oid": oid, "size": received})
+
+
+async def _receive_upload(
+    hub: HubContext, request: Request, oid: str, size: int
+) -> tuple[int, str]:
+    """Stream the body into `tmp/`, at most `size` bytes; store it as `oid` if it hashes to it.
+    Returns (bytes received, their sha256)."""
     digest = hashlib.sha256()
     received = 0
     f, tmp = hub.store.new_upload()
     try:
         with f:
             async for chunk in request.stream():
-                if chunk:
-                    digest.update(chunk)
-                    f.write(chunk)
-                    received += len(chunk)
-                    hub.stats.add_lfs_bytes(len(chunk))
-    except ClientDisconnect:
-        hub.store.discard_upload(tmp)
-        raise
-    if digest.hexdigest() != oid.lower() or (expected is not None and expected != str(received)):
-        hub.store.discard_upload(tmp)
-        raise InvalidRequest(
-            f"uploaded content does not match the LFS object: sha256 {digest.hexdigest()} "
-            f"size {received}, expected {oid} size {expected}"
-        )
-    await run_in_threadpool(hub.store.finish_upload, tmp, oid.lower())
-    hub.stats.add_lfs_object()
-    return JSONResponse({"oid": oid, "size": received})
+                received += len(chunk)
+                if received > size:
+                    raise PayloadTooLarge(f"LFS object {oid} is over the {size} bytes offered")
+                digest.update(chunk)
+                f.write(chunk)
+                hub.stats.add_lfs_bytes(len(chunk))
+        if digest.hexdigest() == oid and received == size:
+            await run_in_threadpool(hub.store.finish_upload, tmp, oid)
+    finally:
+        hub.store.discard_upload(tmp)  # a no-op once stored
+    return received, digest.hexdigest()
 
 
 @router.post("/{ns}/{name}.git/info/lfs/verify")

@@ -15,6 +15,19 @@ from publisher.hubserver.store import EntryNotFound
 
 router = APIRouter()
 
+ACTIVE_TYPES = frozenset(
+    {
+        "text/html",
+        "application/xhtml+xml",
+        "image/svg+xml",
+        "text/xml",
+        "application/xml",
+        "text/javascript",
+        "application/javascript",
+    }
+)
+"""Media types a browser would render or run: served as attachments (downloaded, not opened)."""
+
 
 @router.api_route("/{ns}/{name}/resolve/{rest:path}", methods=["GET", "HEAD"])
 def resolve(ns: str, name: str, rest: str, request: Request) -> Response:
@@ -31,16 +44,19 @@ def resolve(ns: str, name: str, rest: str, request: Request) -> Response:
         "X-Repo-Commit": commit.id,
         "ETag": f'"{etag}"',
         "Cache-Control": "private, max-age=0",
+        "X-Content-Type-Options": "nosniff",  # the type below, never one guessed from content
     }
     if entry.lfs:
         headers["X-Linked-Etag"] = f'"{entry.sha256}"'
         headers["X-Linked-Size"] = str(entry.size)
     filename = path.rsplit("/", 1)[-1]
+    kind = media_type(filename)
     return FileResponse(
         hub.store.blob_path(entry.sha256),
         headers=headers,
-        media_type=media_type(filename),
-        content_disposition_type="inline",
+        media_type=kind,
+        # Uploaded HTML or SVG opened from this origin could run script next to the pages.
+        content_disposition_type="attachment" if kind in ACTIVE_TYPES else "inline",
         filename=filename,
     )
 
