@@ -59,6 +59,19 @@ def arch_parents(tmp_path_factory: pytest.TempPathFactory):
     return lambda arch: build_arch_parents(root, arch)
 
 
+TWO_PARENT_RECIPE = """\
+models:
+  - model: {base}
+  - model: {other}
+merge_method: slerp
+base_model: {base}
+parameters:
+  t: 0.5
+dtype: float32
+"""
+"""The plainest SLERP recipe (the `models:` form): fill in `{base}` and `{other}`."""
+
+
 @pytest.fixture
 def write_recipe(tmp_path: Path, tiny_parents: tuple[Path, Path]):
     """Write a recipe file; `{base}` and `{other}` are replaced by the tiny parents' paths."""

@@ -8,24 +8,12 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import TWO_PARENT_RECIPE
 from huggingface_hub import HfApi
 
 from publisher.cli import main
 from publisher.tiny_archs import build_arch_parent
 
-RECIPE = """\
-slices:
-  - sources:
-      - model: {base}
-        layer_range: [0, 3]
-      - model: {other}
-        layer_range: [0, 3]
-merge_method: slerp
-base_model: {base}
-parameters:
-  t: 0.5
-dtype: float32
-"""
 CASES = {
     # case: (the field named first, how the other parent differs from a tiny Mistral)
     "architecture": ("architectures", {"arch": "qwen2"}),
@@ -53,8 +41,8 @@ def run_refused(recipe: Path, base: str, other: str, field: str, capsys) -> str:
     captured = capsys.readouterr()
     err = captured.err
     text = recipe.read_text()
-    line = text.splitlines().index(f"      - model: {other}") + 1
-    where = f"{recipe}:{line}:{len('      - model: ') + 1}: "
+    line = text.splitlines().index(f"  - model: {other}") + 1
+    where = f"{recipe}:{line}:{len('  - model: ') + 1}: "
     assert f"{where}parents '{base}' and '{other}' differ in {field} (" in err, err
     assert "by their config.json" in err and "Traceback" not in captured.out + err
     assert len(err.strip().splitlines()) == 1
@@ -66,7 +54,7 @@ def run_refused(recipe: Path, base: str, other: str, field: str, capsys) -> str:
 def test_local_parents_are_refused(case, odd_parents, tmp_path, capsys):
     base, other = odd_parents[case]
     recipe = tmp_path / "odd.yaml"
-    recipe.write_text(RECIPE.format(base=base, other=other), encoding="utf-8")
+    recipe.write_text(TWO_PARENT_RECIPE.format(base=base, other=other), encoding="utf-8")
     run_refused(recipe, str(base), str(other), CASES[case][0], capsys)
 
 
@@ -82,7 +70,7 @@ def test_hub_parents_are_refused_before_any_weight_is_downloaded(
         api.upload_folder(folder_path=str(folder), repo_id=repo)
         ids.append(repo)
     recipe = tmp_path / "odd.yaml"
-    recipe.write_text(RECIPE.format(base=ids[0], other=ids[1]), encoding="utf-8")
+    recipe.write_text(TWO_PARENT_RECIPE.format(base=ids[0], other=ids[1]), encoding="utf-8")
     assert main(["lock", str(recipe)]) == 0
     lock = json.loads((tmp_path / "odd.lock.json").read_text())
     assert all(lock["parents"][repo]["revision"] for repo in ids)

@@ -7,26 +7,18 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import TWO_PARENT_RECIPE
 from transformers import AutoTokenizer
 
 from publisher.merge import MergeError, run_merge_stage
 from publisher.parents import resolve_parents
 from publisher.recipe import load_recipe
 
-RECIPE = """\
-models:
-  - model: {base}
-  - model: {other}
-merge_method: slerp
-base_model: {base}
-parameters:
-  t: 0.5
-dtype: float32
-"""
-
 
 def merge(write_recipe, tmp_path, base: Path, other: Path, extra: str = "") -> Path:
-    path = write_recipe(RECIPE.replace("{base}", str(base)).replace("{other}", str(other)) + extra)
+    path = write_recipe(
+        TWO_PARENT_RECIPE.replace("{base}", str(base)).replace("{other}", str(other)) + extra
+    )
     recipe = load_recipe(path)
     parents = resolve_parents(recipe)
     return run_merge_stage(
@@ -55,7 +47,9 @@ def test_recipe_chat_template_is_applied(write_recipe, tmp_path, tiny_parents):
 
 def test_missing_parent_is_a_clear_error(write_recipe, tmp_path, tiny_parents):
     base, other = tiny_parents
-    path = write_recipe(RECIPE.replace("{base}", str(base)).replace("{other}", str(other)))
+    path = write_recipe(
+        TWO_PARENT_RECIPE.replace("{base}", str(base)).replace("{other}", str(other))
+    )
     recipe = load_recipe(path)
     parents = resolve_parents(recipe)
     dirs = {p.ref: Path(p.path) for p in parents}

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import quiet
+from conftest import TWO_PARENT_RECIPE, quiet
 from huggingface_hub import HfApi
 
 from publisher.hub import fetch_parents
@@ -16,15 +16,6 @@ from publisher.recipe import load_recipe
 from publisher.schedule import Plan
 from publisher.verify import verify_weights
 
-RECIPE = """\
-models:
-  - model: {base}
-  - model: {other}
-merge_method: slerp
-base_model: {base}
-parameters:
-  t: 0.5
-"""
 SHARDS = ["config.json", "model.safetensors.index.json", "model-00001-of-00001.safetensors"]
 
 
@@ -78,10 +69,10 @@ def pickled(tiny_parents, tmp_path) -> Path:
 
 
 def test_local_pickle_parent_needs_allow_pickle(write_recipe, tiny_parents, pickled):
-    recipe = load_recipe(write_recipe(RECIPE))
+    recipe = load_recipe(write_recipe(TWO_PARENT_RECIPE))
     with pytest.raises(ParentError, match="allow_pickle"):
         fetch_parents(recipe, [_local(str(pickled), pickled)], log=quiet)
-    allowed = load_recipe(write_recipe(RECIPE + "publish:\n  allow_pickle: true\n"))
+    allowed = load_recipe(write_recipe(TWO_PARENT_RECIPE + "publish:\n  allow_pickle: true\n"))
     assert fetch_parents(allowed, [_local(str(pickled), pickled)], log=quiet) == {
         str(pickled): pickled
     }
@@ -92,7 +83,7 @@ def test_local_parent_needing_remote_code_is_refused(write_recipe, tiny_parents,
     config = json.loads((custom / "config.json").read_text())
     config["auto_map"] = {"AutoModelForCausalLM": "modeling_x.XForCausalLM"}
     (custom / "config.json").write_text(json.dumps(config))
-    recipe = load_recipe(write_recipe(RECIPE))
+    recipe = load_recipe(write_recipe(TWO_PARENT_RECIPE))
     with pytest.raises(ParentError, match="config.json has auto_map.*trust_remote_code"):
         fetch_parents(recipe, [_local(str(custom), custom)], log=quiet)
 
@@ -101,7 +92,7 @@ def test_local_index_pointing_at_a_pickle_is_refused(write_recipe, tiny_parents,
     (pickled / "model.safetensors.index.json").write_text(
         json.dumps({"weight_map": {"a": "pytorch_model.bin"}})
     )
-    recipe = load_recipe(write_recipe(RECIPE + "publish:\n  allow_pickle: true\n"))
+    recipe = load_recipe(write_recipe(TWO_PARENT_RECIPE + "publish:\n  allow_pickle: true\n"))
     with pytest.raises(ParentError, match="must not lead to pickle weights"):
         fetch_parents(recipe, [_local(str(pickled), pickled)], log=quiet)
 
@@ -119,7 +110,7 @@ def test_hub_index_with_a_wildcard_shard_is_refused_before_download(
         repo_id=repo,
     )
     info = ParentInfo(repo, "hub", api.model_info(repo).sha, True, {"model_type": "mistral"})
-    recipe = load_recipe(write_recipe(RECIPE))
+    recipe = load_recipe(write_recipe(TWO_PARENT_RECIPE))
     local_hub.stats.reset()
     with pytest.raises(ParentError, match="names the shard '\\*'"):
         fetch_parents(recipe, [info], log=quiet)
