@@ -382,3 +382,51 @@ def test_deep_nesting_is_a_problem_and_other_files_still_validate(write_recipe, 
     assert f"{deep}:1:1: recipe is nested too deeply" in captured.err
     assert "RecursionError" not in captured.err
     assert f"{good}: ok" in captured.out
+
+
+def test_schema_takes_the_parameters_mergekit_declares_for_slerp():
+    from mergekit import merge_methods
+
+    from publisher.recipe_schema import SLERP_PARAMETERS
+
+    assert tuple(p.name for p in merge_methods.get("slerp").spec.parameters) == SLERP_PARAMETERS
+
+
+def test_mergekit_config_is_built_once(write_recipe):
+    from mergekit.config import MergeConfiguration
+
+    recipe = load_recipe(write_recipe(VALID))
+    assert isinstance(recipe.config, MergeConfiguration)
+    assert recipe.merge_configuration() is recipe.config
+    assert recipe.model_refs()[0] == recipe.base_model
+
+
+SCHEMA = [
+    # (id, text, expected line, message fragment): rules the strict schema adds
+    ("slices-and-models", VALID + "models:\n  - model: a\n  - model: b\n", 16, "not both"),
+    ("publish-null", VALID + "publish:\n", 15, "publish is empty (null)"),
+    ("eval-null", VALID + "publish:\n  eval:\n", 16, "publish.eval is empty (null)"),
+    ("modules", VALID + "modules: {}\n", 15, "'modules:' is not supported"),
+    (
+        "shadowed-filter",
+        VALID.replace(
+            "    - filter: self_attn\n",
+            "    - filter: attn\n      value: 0.2\n    - filter: self_attn\n",
+        ),
+        13,
+        "entry 0 above (filter 'attn') matches every tensor this one would",
+    ),
+    (
+        "prompt-without-user",
+        VALID + "publish:\n  smoke:\n    prompts: [{system: x}]\n",
+        17,
+        "this prompt has no 'user'",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "fragment"), [s[1:] for s in SCHEMA], ids=[s[0] for s in SCHEMA]
+)
+def test_schema_rules_are_reported_at_their_line(write_recipe, capsys, text, line, fragment):
+    test_broken_recipe_is_reported_at_its_line(write_recipe, capsys, text, line, fragment)
