@@ -6,11 +6,12 @@ model repos: create/delete, model info, refs, tree and paths-info listings, comm
 preupload, the Git LFS batch/upload/verify API, NDJSON commits (with `parentCommit` checks and
 `create_pr`), branch creation, PR merge, file downloads (`resolve`) and HTML pages.
 
-Modules: `store` (repos, commits, refs, blobs on disk), `app` (`create_app`, which wires the
-routers of `routes/`: `repos`, `commits`, `downloads`, `prs`, `pages`, `testapi`), `auth`
-(tokens), `context` (what a handler reaches through the request), `protocol` (the Hub's URL,
-body and error conventions), `faults` (fault injection and counters), `page` (the model page),
-`server` (running it).
+Modules: `store` (repos, commits, refs, blobs on disk), `records` (what it stores), `app`
+(`create_app`, which wires the routers of `routes/`: `repos`, `commits`, `downloads`, `prs`,
+`jobs`, `pages`, `testapi`), `auth` (tokens), `context` (what a handler reaches through the
+request), `protocol` (the Hub's URL, body and error conventions), `limits` (request body bounds),
+`faults` (fault injection and counters), `page` (the model page), `jobrunner` (jobs as local
+subprocesses), `server` (running it).
 """
 
 from publisher.hubserver.app import create_app

@@ -7,7 +7,8 @@ import hmac
 
 from starlette.requests import Request
 
-from publisher.hubserver.store import HubStore, HubStoreError, RepoNotFound, RepoState
+from publisher.hubserver.records import RepoState
+from publisher.hubserver.store import HubStore, HubStoreError, RepoNotFound
 
 DEFAULT_USER = "publisher-demo"
 """The user name whoami answers for any accepted token."""

@@ -29,12 +29,9 @@ from publisher.hubserver.protocol import (
     revision_and_path,
     truthy,
 )
+from publisher.hubserver.records import CommitResult, FileAdd, FileDelete, Operation
 from publisher.hubserver.store import (
-    CommitResult,
-    FileAdd,
-    FileDelete,
     InvalidRequest,
-    Operation,
     RepoNotFound,
     validate_path,
 )
@@ -49,14 +46,12 @@ async def preupload(ns: str, name: str, rest: str, request: Request) -> dict[str
     revision, _ = revision_and_path(request, 5)
     body = await json_body(request)
     files = _preupload_files(body.get("files"))
-    gitignore = body.get("gitIgnore")
-    if gitignore is not None and not isinstance(gitignore, str):
-        raise InvalidRequest("'gitIgnore' must be the text of a .gitignore")
-    modes = await run_in_threadpool(hub.store.upload_modes, repo_id, revision, files, gitignore)
+    modes = await run_in_threadpool(hub.store.upload_modes, repo_id, revision, files)
     head = hub.store.resolve(repo_id, revision)
     return {
         "files": [
-            {"path": m.path, "uploadMode": m.mode, "shouldIgnore": m.should_ignore, "oid": m.oid}
+            # No .gitignore rules here: publisher uploads an allow-list, never a .gitignore
+            {"path": m.path, "uploadMode": m.mode, "shouldIgnore": False, "oid": m.oid}
             for m in modes
         ],
         "commitOid": head.id,

@@ -20,11 +20,11 @@ from publisher.hubserver.page import (
     render_page,
     split_front_matter,
 )
+from publisher.hubserver.records import RepoState
 from publisher.hubserver.store import (
     MAIN_BRANCH,
     HubStore,
     RepoNotFound,
-    RepoState,
     RevisionNotFound,
 )
 

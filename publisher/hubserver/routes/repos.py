@@ -20,17 +20,13 @@ from publisher.hubserver.protocol import (
     revision_and_path,
     truthy,
 )
+from publisher.hubserver.records import Commit, RepoState, TreeEntry, folder_oid, iter_folders
 from publisher.hubserver.store import (
     MAIN_BRANCH,
-    Commit,
     EntryNotFound,
     HubStore,
     InvalidRequest,
     RepoExists,
-    RepoState,
-    TreeEntry,
-    folder_oid,
-    iter_folders,
 )
 
 router = APIRouter()
@@ -134,7 +130,6 @@ def tree(ns: str, name: str, rest: str, request: Request) -> list[dict[str, Any]
     path = path.strip("/")
     commit = hub.store.resolve(repo_id, revision)
     recursive = truthy(request.query_params.get("recursive"))
-    expand = truthy(request.query_params.get("expand"))
     folders = set(iter_folders(commit.tree))
     if path and path not in folders:
         if path in commit.tree:
@@ -145,15 +140,8 @@ def tree(ns: str, name: str, rest: str, request: Request) -> list[dict[str, Any]
     def listed(p: str) -> bool:
         return p.startswith(prefix) and (recursive or "/" not in p[len(prefix) :])
 
-    entries = [
-        _folder_json(hub.store, repo_id, commit, f, expand) for f in sorted(folders) if listed(f)
-    ]
-    entries += [
-        _file_json(hub.store, repo_id, commit, p, e, expand)
-        for p, e in commit.tree.items()
-        if listed(p)
-    ]
-    return entries
+    entries = [_folder_json(commit, f) for f in sorted(folders) if listed(f)]
+    return entries + [_file_json(p, e) for p, e in commit.tree.items() if listed(p)]
 
 
 @router.post("/api/models/{ns}/{name}/paths-info/{rest:path}")
@@ -161,18 +149,17 @@ async def paths_info(ns: str, name: str, rest: str, request: Request) -> list[di
     hub, repo_id = hub_of(request), f"{ns}/{name}"
     hub.auth.readable(request, hub.store, repo_id)
     revision, _ = revision_and_path(request, 5)
-    # huggingface_hub sends a urlencoded form: `paths=a&paths=b&expand=True`
+    # huggingface_hub sends a urlencoded form: `paths=a&paths=b`
     form = parse_qs((await request.body()).decode("utf-8", "replace"), keep_blank_values=True)
-    expand = truthy((form.get("expand") or [None])[0])
     commit = await run_in_threadpool(hub.store.resolve, repo_id, revision)
     folders = set(iter_folders(commit.tree))
     out = []
     for raw in form.get("paths", []):
         path = raw.strip("/")
         if path in commit.tree:
-            out.append(_file_json(hub.store, repo_id, commit, path, commit.tree[path], expand))
+            out.append(_file_json(path, commit.tree[path]))
         elif path in folders:
-            out.append(_folder_json(hub.store, repo_id, commit, path, expand))
+            out.append(_folder_json(commit, path))
     return out
 
 
@@ -261,30 +248,14 @@ def card_data_of(store: HubStore, commit: Commit) -> dict[str, Any]:
     return data
 
 
-def _file_json(
-    store: HubStore, repo_id: str, head: Commit, path: str, entry: TreeEntry, expand: bool
-) -> dict[str, Any]:
+def _file_json(path: str, entry: TreeEntry) -> dict[str, Any]:
+    """A file as the tree and paths-info listings describe it (no `expand`: no client of
+    publisher's asks for last commits)."""
     out: dict[str, Any] = {"type": "file", "oid": entry.blob_id, "size": entry.size, "path": path}
     if entry.lfs:
         out["lfs"] = {"oid": entry.sha256, "size": entry.size, "pointerSize": entry.pointer_size}
-    if expand:
-        out["lastCommit"] = _last_commit_json(store.last_commit_touching(repo_id, head, path))
     return out
 
 
-def _folder_json(
-    store: HubStore, repo_id: str, head: Commit, folder: str, expand: bool
-) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "type": "directory",
-        "oid": folder_oid(head.tree, folder),
-        "size": 0,
-        "path": folder,
-    }
-    if expand:
-        out["lastCommit"] = _last_commit_json(store.last_commit_touching(repo_id, head, folder))
-    return out
-
-
-def _last_commit_json(commit: Commit) -> dict[str, Any]:
-    return {"id": commit.id, "title": commit.title, "date": commit.date}
+def _folder_json(head: Commit, folder: str) -> dict[str, Any]:
+    return {"type": "directory", "oid": folder_oid(head.tree, folder), "size": 0, "path": folder}
