@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean lock check-lock
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,23 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
+
+# The push job's hash-pinned dependencies (publish.yml installs them with --require-hashes):
+# resolved from PyPI alone (no local wheel directories or constraints), with every file's hash.
+LOCK_IN := requirements/publish.in
+LOCK := requirements/publish.lock
+LOCK_VENV := build/lock-venv
+
+lock:
+	test -x $(LOCK_VENV)/bin/pip-compile || ( $(PYTHON) -m venv $(LOCK_VENV) && \
+		$(LOCK_VENV)/bin/pip install --quiet pip-tools==7.6.2 )
+	env -u PIP_FIND_LINKS -u PIP_CONSTRAINT PIP_CONFIG_FILE=/dev/null \
+		$(LOCK_VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+		--no-emit-index-url --index-url https://pypi.org/simple --output-file $(LOCK) $(LOCK_IN)
+
+# The lock agrees with pyproject.toml and a push needs nothing else (also part of `make test`).
+check-lock: $(STAMP)
+	$(PY) -m pytest -q tests/test_lock.py
 
 bench: $(STAMP)
 	$(PY) bench/merge_overhead.py

@@ -278,10 +278,29 @@ def _report_push(push: dict) -> None:
     )
 
 
+def _run_publish_setting(run_dir: Path, key: str) -> bool:
+    """`publish.<key>` of the recipe a run directory holds (False when it says nothing).
+
+    Read as plain YAML: the push job reads the run's settings, it does not load the recipe.
+    """
+    import yaml
+
+    try:
+        data = yaml.safe_load((run_dir / "recipe.yaml").read_text(encoding="utf-8")) or {}
+    except (OSError, ValueError, yaml.YAMLError):
+        return False
+    publish = data.get("publish") if isinstance(data, dict) else None
+    return bool(publish.get(key)) if isinstance(publish, dict) else False
+
+
 def cmd_push(args: argparse.Namespace) -> int:
-    from publisher.hub import push_run
+    from publisher.hub import check_push, push_run
 
     run_dir = Path(args.run_dir)
+    if args.check:
+        files = check_push(run_dir)
+        _out(f"ready to push: {len(files)} files, all on the allow-list, no secrets found")
+        return EXIT_OK
     manifest = run_dir / "manifest.json"
     repo_id = args.repo_id or (
         json.loads(manifest.read_text()).get("repo_id") if manifest.exists() else None
@@ -294,8 +313,10 @@ def cmd_push(args: argparse.Namespace) -> int:
     result = push_run(
         run_dir,
         repo_id=repo_id,
-        create_pr=args.create_pr,
-        private=args.private,
+        create_pr=(
+            _run_publish_setting(run_dir, "create_pr") if args.create_pr is None else args.create_pr
+        ),
+        private=_run_publish_setting(run_dir, "private") if args.private is None else args.private,
         revision=args.revision,
         log=actions.ActionsReporter(_out),
     )
@@ -549,9 +570,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("push", help="publish a verified run directory in one commit")
     p.add_argument("run_dir")
     p.add_argument("--repo-id")
-    p.add_argument("--create-pr", action="store_true")
-    p.add_argument("--private", action="store_true")
+    p.add_argument(
+        "--create-pr",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="push as a Hub pull request, or not (default: the run's publish.create_pr)",
+    )
+    p.add_argument(
+        "--private",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="create the repo private (default: the run's publish.private)",
+    )
     p.add_argument("--revision", help="branch to commit to (default: main)")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="only the checks before any Hub call (allow-list, secrets, verify); no upload",
+    )
     p.set_defaults(func=cmd_push)
 
     p = sub.add_parser("hub", help="the local Hub-compatible server")

@@ -286,18 +286,13 @@ def _matches(entry: Any, local: Path, local_sha256: str | None) -> bool:
     return entry.blob_id == git_blob_sha1(local.read_bytes())
 
 
-def push_run(
-    run_dir: Path,
-    repo_id: str,
-    create_pr: bool = False,
-    private: bool = False,
-    revision: str | None = None,
-    log: Log = print,
-) -> PushResult:
-    """Publish a verified run directory to `repo_id` in one commit (see the module docstring)."""
-    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, get_token
-    from huggingface_hub.errors import HfHubHTTPError
+def check_push(run_dir: Path) -> dict[str, Path]:
+    """Everything a push checks before any Hub call; the files it would upload.
 
+    The card validates, verify passed and nothing changed since, the parents are pinned, every
+    file is on the upload allow-list and none holds a secret of this environment. The build job
+    runs it (`publisher push RUN_DIR --check`) before uploading the run; the push runs it again.
+    """
     from publisher.card import CardError, validate_card
 
     run = RunDir(Path(run_dir))
@@ -338,17 +333,34 @@ def push_run(
             "reproduce the merge; nothing was uploaded. Run 'publisher lock RECIPE' where the "
             "Hub is reachable, then run the pipeline again"
         )
-    if "/" not in repo_id:
-        raise HubError(
-            f"repo id '{repo_id}' has no namespace; set publish.repo_id in the recipe "
-            "or PUBLISHER_NAMESPACE"
-        )
 
     files = run_files(run.root)
     try:
         check_upload(files)
     except UploadRefused as exc:
         raise HubError(str(exc)) from None
+    return files
+
+
+def push_run(
+    run_dir: Path,
+    repo_id: str,
+    create_pr: bool = False,
+    private: bool = False,
+    revision: str | None = None,
+    log: Log = print,
+) -> PushResult:
+    """Publish a verified run directory to `repo_id` in one commit (see the module docstring)."""
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, get_token
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if "/" not in repo_id:
+        raise HubError(
+            f"repo id '{repo_id}' has no namespace; set publish.repo_id in the recipe "
+            "or PUBLISHER_NAMESPACE"
+        )
+    run = RunDir(Path(run_dir))
+    files = check_push(run.root)
     try:
         token = get_token()
     except Exception as exc:  # e.g. HF_OIDC_RESOURCE set but no id token available

@@ -116,3 +116,18 @@ def test_a_verified_run_is_all_on_the_allow_list(tiny_run):
     check_allowed(files)  # raises if not
     assert {"model.safetensors", "config.json", "README.md", "publisher/verify.json"} <= set(files)
     assert len(ALLOWED_FILES) >= 8
+
+
+def test_push_check_runs_the_checks_without_the_hub(tiny_run, local_hub, copy_run, capsys):
+    """What the build job runs before uploading the run: the push's checks, no Hub call."""
+    from publisher.cli import main
+
+    run_dir = copy_run(tiny_run[1])
+    local_hub.stats.reset()
+    assert main(["push", str(run_dir), "--check"]) == 0
+    assert "ready to push" in capsys.readouterr().out
+    (run_dir / "merged" / ".env").write_text("HF_TOKEN=x\n")
+    _vouch(run_dir)
+    assert main(["push", str(run_dir), "--check"]) == 1
+    assert "'.env'" in capsys.readouterr().err
+    assert len(local_hub.stats.requests) == 0

@@ -20,13 +20,15 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 GITHUB_DIR = REPO_ROOT / ".github"
 WORKFLOWS = GITHUB_DIR / "workflows"
 SETUP_ACTION = GITHUB_DIR / "actions" / "setup-publisher" / "action.yml"
+ACTIONS = sorted((GITHUB_DIR / "actions").glob("*/action.yml"))
 GPU_RUNS_ON = "${{ vars.PUBLISHER_GPU_RUNNER || 'gpu' }}"
+PR_GPU_RUNS_ON = "${{ vars.PUBLISHER_PR_GPU_RUNNER || vars.PUBLISHER_GPU_RUNNER || 'gpu' }}"
 SHA_PIN = re.compile(r"^[\w.-]+/[\w.-]+(?:/[\w./-]+)?@[0-9a-f]{40}$")
 VERSION_COMMENT = re.compile(r"#\s*v\d+\.\d+\.\d+\s*$")
 # Write scopes, by workflow and job; everything else may only read.
 ALLOWED_WRITES = {
     ("recipe-pr.yml", "comment"): {"pull-requests"},
-    ("publish.yml", "publish"): {"id-token"},
+    ("publish.yml", "push-oidc"): {"id-token"},
 }
 
 
@@ -53,7 +55,9 @@ def steps_of(data: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def all_files() -> list[tuple[str, dict[str, Any]]]:
-    return [(p.name, load(p)) for p in WORKFLOW_FILES] + [(SETUP_ACTION.name, load(SETUP_ACTION))]
+    return [(p.name, load(p)) for p in WORKFLOW_FILES] + [
+        (f"{p.parent.name}/{p.name}", load(p)) for p in ACTIONS
+    ]
 
 
 def test_the_three_workflows_exist() -> None:
@@ -117,9 +121,11 @@ def test_concurrency() -> None:
     pr = load(WORKFLOWS / "recipe-pr.yml")
     assert "github.event.pull_request.number" in pr["concurrency"]["group"]
     assert pr["concurrency"]["cancel-in-progress"] is True
-    publish = load(WORKFLOWS / "publish.yml")["jobs"]["publish"]
-    assert "matrix.recipe" in publish["concurrency"]["group"]
-    assert publish["concurrency"]["cancel-in-progress"] is False  # never abandon a push
+    jobs = load(WORKFLOWS / "publish.yml")["jobs"]
+    for name in ("build", "push", "push-oidc"):
+        assert "matrix.recipe" in jobs[name]["concurrency"]["group"], name
+        assert jobs[name]["concurrency"]["cancel-in-progress"] is False  # never abandon a push
+    assert jobs["push"]["concurrency"]["group"] == jobs["push-oidc"]["concurrency"]["group"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,7 +133,7 @@ def test_concurrency() -> None:
 
 
 def test_actions_are_pinned_to_full_shas_with_a_version_comment() -> None:
-    files = [*WORKFLOW_FILES, SETUP_ACTION]
+    files = [*WORKFLOW_FILES, *ACTIONS]
     seen = 0
     for path in files:
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
@@ -167,36 +173,75 @@ def test_pull_request_jobs_get_no_secrets() -> None:
 
 def test_gpu_jobs_use_the_runner_variable() -> None:
     pr = load(WORKFLOWS / "recipe-pr.yml")["jobs"]["full-run"]
-    publish = load(WORKFLOWS / "publish.yml")["jobs"]["publish"]
-    assert pr["runs-on"] == publish["runs-on"] == GPU_RUNS_ON
+    build = load(WORKFLOWS / "publish.yml")["jobs"]["build"]
+    assert build["runs-on"] == GPU_RUNS_ON
+    # Pull requests' code gets a runner pool of its own where one is configured.
+    assert pr["runs-on"] == PR_GPU_RUNS_ON
     assert "github.event.label.name == 'full-run'" in pr["if"]
     lint_config = yaml.safe_load((GITHUB_DIR / "actionlint.yaml").read_text(encoding="utf-8"))
     assert "gpu" in lint_config["self-hosted-runner"]["labels"]
 
 
-def test_publish_job_credentials_cache_and_outputs() -> None:
-    job = load(WORKFLOWS / "publish.yml")["jobs"]["publish"]
-    assert job["environment"]["name"] == "hub-publish"
-    run = next(s for s in job["steps"] if s.get("id") == "run")
-    assert run["env"]["HF_TOKEN"] == "${{ secrets.HF_TOKEN }}"
-    assert run["env"]["HF_OIDC_RESOURCE"] == "${{ vars.HF_OIDC_RESOURCE }}"
-    assert job["outputs"] == {
-        "repo_url": "${{ steps.run.outputs.repo_url }}",
-        "commit_sha": "${{ steps.run.outputs.commit_sha }}",
-        "pr_url": "${{ steps.run.outputs.pr_url }}",
-    }
-    cache = next(s for s in job["steps"] if str(s.get("uses", "")).startswith("actions/cache@"))
-    assert "hashFiles(steps.name.outputs.lock)" in cache["with"]["key"]
-    paths = cache["with"]["path"].split()
-    assert "~/.cache/huggingface" in paths
-    assert "!~/.cache/huggingface/token" in paths  # never a token in the cache
+def _hf_home_is_the_jobs_own(job: dict[str, Any]) -> None:
+    cache = next(s for s in job["steps"] if str(s.get("uses", "")).startswith("actions/cache"))
+    paths = [line.strip() for line in cache["with"]["path"].splitlines() if line.strip()]
+    assert paths[0] == "${{ runner.temp }}/hf-home"
+    assert "!${{ runner.temp }}/hf-home/token" in paths  # never a token in the cache
+    runs = [s for s in job["steps"] if "publisher run" in s.get("run", "")]
+    assert runs and all(s["env"]["HF_HOME"] == "${{ runner.temp }}/hf-home" for s in runs)
+
+
+def test_the_build_job_holds_no_write_credential() -> None:
+    """Recipe-controlled code (templates, tasks, chat templates) runs where no write token is."""
+    text = (WORKFLOWS / "publish.yml").read_text(encoding="utf-8")
+    jobs = load(WORKFLOWS / "publish.yml")["jobs"]
+    build = jobs["build"]
+    assert "environment" not in build and build["permissions"] == {"contents": "read"}
+    secrets = set(re.findall(r"secrets\.(\w+)", yaml.safe_dump(build)))
+    assert secrets == {"HF_READ_TOKEN"}, secrets
+    run = next(s for s in build["steps"] if s.get("id") == "run")
+    assert run["env"]["HF_TOKEN"] == "${{ secrets.HF_READ_TOKEN }}"
+    assert "--no-push" in run["run"] and 'publisher push "$OUT" --check' in run["run"]
+    assert "HF_OIDC_RESOURCE" not in yaml.safe_dump(build)
+    _hf_home_is_the_jobs_own(build)
+    _hf_home_is_the_jobs_own(load(WORKFLOWS / "recipe-pr.yml")["jobs"]["full-run"])
+    upload = next(s for s in build["steps"] if s.get("with", {}).get("name", "").startswith("run-"))
+    assert upload["with"]["path"] == "runs/${{ steps.name.outputs.name }}"
+    assert upload["with"]["include-hidden-files"] is False
+    assert text.count("secrets.HF_TOKEN") == 1  # the push job's, nowhere else
+
+
+def test_the_push_jobs_hold_the_credential_and_run_no_recipe_code() -> None:
+    jobs = load(WORKFLOWS / "publish.yml")["jobs"]
+    token, oidc = jobs["push"], jobs["push-oidc"]
+    for job in (token, oidc):
+        assert job["environment"]["name"] == "hub-publish"
+        assert job["runs-on"] == "ubuntu-latest"  # never the GPU runner pull requests use
+        assert "build" in job["needs"]
+        uses = [s.get("uses", "") for s in job["steps"]]
+        assert "$/.github/actions/push-run" in uses
+        assert not any("setup-publisher" in u for u in uses)  # no unpinned install here
+        assert job["outputs"]["repo_url"] == "${{ steps.push.outputs.repo_url }}"
+    assert "vars.HF_OIDC_RESOURCE == ''" in token["if"]
+    assert "vars.HF_OIDC_RESOURCE != ''" in oidc["if"]
+    assert "id-token" not in token["permissions"]
+    assert oidc["permissions"]["id-token"] == "write"
+    push_step = next(s for s in token["steps"] if s.get("id") == "push")
+    assert push_step["with"]["hf-token"] == "${{ secrets.HF_TOKEN }}"
+    oidc_step = next(s for s in oidc["steps"] if s.get("id") == "push")
+    assert "hf-token" not in oidc_step["with"]
+    assert oidc_step["with"]["oidc-resource"] == "${{ vars.HF_OIDC_RESOURCE }}"
+    action = load(GITHUB_DIR / "actions" / "push-run" / "action.yml")
+    install = next(s for s in action["runs"]["steps"] if "pip install" in s.get("run", ""))
+    assert "--require-hashes" in install["run"] and "requirements/publish.lock" in install["run"]
+    assert "-e ." not in install["run"]
 
 
 def _publisher_commands(script: str) -> list[list[str]]:
     """The `publisher ...` command lines of a script, with shell variables filled in."""
     commands = []
     for line in script.splitlines():
-        line = line.strip()
+        line = line.strip().removeprefix("python -m ")
         if not line.startswith("publisher "):
             continue
         words = shlex.split(line.replace('"${args[@]}"', ""))[1:]
@@ -219,7 +264,7 @@ def test_publisher_commands_in_workflows_parse() -> None:
                 seen.add(argv[0])
                 if argv[0] == "run" and args.stages:
                     assert "push" not in parse_stages(args.stages)
-    assert {"changed", "validate", "plan", "card", "comment", "run"} <= seen
+    assert {"changed", "validate", "plan", "card", "comment", "run", "push"} <= seen
     # the flags publish.yml adds to its argument array
     parser.parse_args(
         shlex.split(
