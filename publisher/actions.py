@@ -58,10 +58,22 @@ def in_actions() -> bool:
 
 
 def _escape(message: str) -> str:
-    """Escape a workflow-command message so that a newline cannot end the command early."""
+    """Make a workflow-command message safe to print: characters that are not printable
+    (escape codes, U+2028) escaped line by line, then `%`, CR and LF encoded the way GitHub
+    decodes them, so that a newline cannot end the command early."""
     from github_action_toolkit.print_messages import escape_data
 
-    return escape_data(message)
+    from publisher.recipe_yaml import printable
+
+    return escape_data("\n".join(printable(line) for line in message.split("\n")))
+
+
+def problems_markdown(lines: list[str]) -> str:
+    """Problem lines as a Markdown code block, fenced longer than any run of backticks in them
+    (a recipe's key can hold backticks; they must not end the block)."""
+    longest = max((len(run) for line in lines for run in re.findall(r"`+", line)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return "\n".join([f"{fence}text", *lines, fence]) + "\n"
 
 
 def _workspace_path(file: str) -> str:

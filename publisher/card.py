@@ -27,13 +27,14 @@ import yaml
 from huggingface_hub import ModelCard, ModelCardData
 from huggingface_hub.repocard import REGEX_YAML_BLOCK
 from huggingface_hub.repocard_data import model_index_to_eval_results
-from jinja2 import FileSystemLoader, StrictUndefined, TemplateError, TemplateNotFound
+from jinja2 import StrictUndefined, TemplateError, TemplateNotFound
 
 from publisher.cardview import CardInputs, CardView, build_view, short_name
 from publisher.errors import PublisherError
 from publisher.licenses import HUB_LICENSES
 from publisher.parents import ParentInfo
 from publisher.recipe import Recipe, repo_id_problem
+from publisher.recipe_paths import ContainedLoader
 from publisher.rundir import CARD_DATA_NAME, CARD_NAME, IMAGE_NAME
 from publisher.sandbox import BoundedEnvironment
 from publisher.schedule import Plan
@@ -339,7 +340,7 @@ def _environment(templates_dir: Path) -> BoundedEnvironment:
     if templates_dir.resolve() != DEFAULT_TEMPLATES_DIR.resolve():
         search.append(str(DEFAULT_TEMPLATES_DIR))  # templates the custom directory lacks
     return BoundedEnvironment(
-        loader=FileSystemLoader(search),
+        loader=ContainedLoader(search),  # no template links out of the repository
         undefined=StrictUndefined,
         autoescape=False,
         keep_trailing_newline=True,

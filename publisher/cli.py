@@ -40,17 +40,21 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from publisher.recipe import RecipeError, load_recipe
 
     failed = 0
+    lines: list[str] = []
     for path in args.files:
         try:
             recipe = load_recipe(path)
         except RecipeError as err:
             failed += 1
             for problem in err.problems:
+                lines.append(str(problem))
                 _err(str(problem))
                 actions.annotate_problem(problem)
             continue
         _out(f"{path}: ok (SLERP of {len(recipe.model_refs())} parents -> {recipe.repo_id})")
     if failed:
+        if args.markdown:
+            Path(args.markdown).write_text(actions.problems_markdown(lines), encoding="utf-8")
         _err(f"{failed} of {len(args.files)} recipe(s) invalid")
         return EXIT_FAIL
     return EXIT_OK
@@ -490,6 +494,11 @@ def build_parser() -> argparse.ArgumentParser:
         "validate", help="check recipes; FILE:LINE:COL messages, exit 1 if any is invalid"
     )
     p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument(
+        "--markdown",
+        metavar="FILE",
+        help="also write the problems there as a Markdown block (the PR preview comment's)",
+    )
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser(

@@ -25,6 +25,7 @@ from huggingface_hub import EvalResult
 
 from publisher.errors import PublisherError
 from publisher.recipe import EvalSettings
+from publisher.recipe_paths import TASK_SUFFIXES, PathError, check_tasks, repository_root
 
 LM_EVAL_NAME = "lm-evaluation-harness"
 LM_EVAL_URL = "https://github.com/EleutherAI/lm-evaluation-harness"
@@ -380,6 +381,13 @@ def _include_paths(settings: EvalSettings) -> list[Path]:
         raise EvalError(
             f"eval include_paths not found: {', '.join(missing)}; give directories of task YAML"
         )
+    # checked again here, where lm-eval reads them: a file swapped in since validate is caught
+    task_files = [Path(t) for t in settings.tasks if t.endswith(TASK_SUFFIXES)]
+    for path in [*paths, *task_files]:
+        try:
+            check_tasks(path, repository_root(path.parent), settings.allow_code)
+        except PathError as exc:
+            raise EvalError(f"eval tasks refused: {exc}") from None
     return paths
 
 

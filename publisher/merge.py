@@ -13,6 +13,7 @@ from pathlib import Path
 from publisher.errors import PublisherError
 from publisher.parents import ParentInfo, check_compatible
 from publisher.recipe import MergeSettings, Recipe
+from publisher.recipe_paths import chat_template_text
 from publisher.schedule import rewrite_model_refs
 
 
@@ -81,7 +82,9 @@ def run_merge_stage(
     mapping = {ref: str(Path(p).resolve()) for ref, p in local_dirs.items()}
     merge = rewrite_model_refs(recipe.merge, mapping)
     if recipe.publish.chat_template:
-        merge["chat_template"] = recipe.publish.chat_template
+        merge["chat_template"] = chat_template_text(
+            recipe.publish.chat_template, recipe.path.parent
+        )
     config = MergeConfiguration.model_validate(merge)
     options = MergeOptions(
         cuda=request.device.startswith("cuda"),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import shutil
 import time
@@ -27,6 +28,7 @@ from publisher.digests import sha256_file
 from publisher.errors import PublisherError
 from publisher.parents import ParentInfo, resolve_parents
 from publisher.recipe import EvalSettings, MergeSettings, Recipe
+from publisher.recipe_paths import TASK_SUFFIXES
 from publisher.report import Log, Reporter, reporter
 from publisher.rundir import RunDir
 
@@ -229,10 +231,15 @@ class RunContext:
         settings = _override("eval", self.recipe.publish.eval, updates)
         # Task directories are relative to the recipe, like publish.templates.
         recipe_dir = self.recipe.path.parent
+        # Absolute, links kept: evaluate checks again where each one really leads.
         include = [
-            str((recipe_dir / Path(p).expanduser()).resolve()) for p in settings.include_paths
+            os.path.abspath(recipe_dir / Path(p).expanduser()) for p in settings.include_paths
         ]
-        return settings.model_copy(update={"include_paths": include})
+        tasks = [
+            os.path.abspath(recipe_dir / t) if t.endswith(TASK_SUFFIXES) else t
+            for t in settings.tasks
+        ]
+        return settings.model_copy(update={"include_paths": include, "tasks": tasks})
 
     def merge_settings(self) -> MergeSettings:
         """The recipe's merge settings with the command line's overrides, validated again."""

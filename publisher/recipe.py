@@ -20,8 +20,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from publisher.errors import PublisherError
-from publisher.recipe_rules import check_config, check_publish
+from publisher.recipe_rules import check_config, check_paths, check_publish
 from publisher.recipe_schema import (
     EVAL_SUITES,
     KNOWN_DTYPES,
@@ -38,6 +37,15 @@ from publisher.recipe_schema import (
     must_be,
     repo_id_problem,
 )
+from publisher.recipe_yaml import (
+    Locator,
+    Problem,
+    RecipeError,
+    duplicate_keys,
+    parse,
+    printable,
+    read_text,
+)
 
 __all__ = [
     "EVAL_SUITES",
@@ -51,38 +59,11 @@ __all__ = [
     "SmokePrompt",
     "SmokeSettings",
     "load_recipe",
+    "printable",
     "repo_id_problem",
 ]
 
 NAMESPACE_ENV = "PUBLISHER_NAMESPACE"
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with a recipe, located at a YAML node.
-
-    Attributes:
-        file: the recipe path as given, e.g. `"recipes/x.yaml"`.
-        line: 1-based line, e.g. 12.
-        column: 1-based column, e.g. 5.
-        message: what is wrong and how to fix it.
-    """
-
-    file: str
-    line: int
-    column: int
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}:{self.column}: {self.message}"
-
-
-class RecipeError(PublisherError):
-    """A recipe failed validation; `problems` says where and why."""
-
-    def __init__(self, problems: list[Problem]):
-        self.problems = problems
-        super().__init__("\n".join(str(p) for p in problems))
 
 
 @dataclass
@@ -157,47 +138,6 @@ def _model_node(node: yaml.Node | None, ref: str, key: str) -> yaml.Node | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# YAML locations
-
-
-class _Locator:
-    """Maps a path of keys and indexes in the parsed YAML to the node's line and column."""
-
-    def __init__(self, file: str, root: yaml.Node | None):
-        self.file = file
-        self.root = root
-
-    def node(self, path: tuple[Any, ...], key: bool = False) -> yaml.Node | None:
-        node = self.root
-        for index, part in enumerate(path):
-            if isinstance(node, yaml.MappingNode):
-                match = None
-                for k, v in node.value:
-                    # no break: with a duplicate key the parsed data holds the last one
-                    if isinstance(k, yaml.ScalarNode) and k.value == str(part):
-                        match = (k, v)
-                if match is None:
-                    break  # a missing key: point at the mapping that lacks it
-                is_last = index == len(path) - 1
-                node = match[0] if (key and is_last) else match[1]
-            elif (
-                isinstance(node, yaml.SequenceNode)
-                and isinstance(part, int)
-                and 0 <= part < len(node.value)
-            ):
-                node = node.value[part]
-            else:
-                break
-        return node
-
-    def problem(self, path: tuple[Any, ...], message: str, key: bool = False) -> Problem:
-        node = self.node(path, key=key)
-        if node is None:
-            return Problem(self.file, 1, 1, message)
-        return Problem(self.file, node.start_mark.line + 1, node.start_mark.column + 1, message)
-
-
-# ---------------------------------------------------------------------------------------------
 # Loading
 
 
@@ -234,46 +174,11 @@ def load_recipe(path: str | Path) -> Recipe:
         ) from None
 
 
-def _read_text(path: Path) -> tuple[bytes, str]:
-    file = str(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise RecipeError(
-            [Problem(file, 1, 1, f"cannot read recipe: {exc.strerror or exc}")]
-        ) from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise RecipeError(
-            [Problem(file, 1, 1, f"recipe is not UTF-8 text ({exc.reason})")]
-        ) from None
-    if not text.strip():
-        raise RecipeError(
-            [Problem(file, 1, 1, "recipe is empty; write a mergekit SLERP config (see recipes/)")]
-        )
-    return raw, text
-
-
-def _parse(file: str, text: str) -> tuple[yaml.Node | None, Any]:
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise RecipeError(
-            [Problem(file, line, col, f"invalid YAML: {reason}; fix the syntax at this point")]
-        ) from None
-    return root, data
-
-
 def _load_recipe(path: Path) -> Recipe:
     file = str(path)
-    raw, text = _read_text(path)
-    root, data = _parse(file, text)
-    loc = _Locator(file, root)
+    raw, text = read_text(path)
+    root, data = parse(file, text)
+    loc = Locator(file, root)
     if not isinstance(data, dict):
         kind = type(data).__name__ if data is not None else "nothing"
         raise RecipeError(
@@ -285,11 +190,12 @@ def _load_recipe(path: Path) -> Recipe:
                 )
             ]
         )
-    problems: list[Problem] = _duplicate_keys(file, root)
+    problems: list[Problem] = duplicate_keys(file, root)
     merge = {k: v for k, v in data.items() if k != PUBLISH_KEY}
     publish = _validate(_PUBLISH, data.get(PUBLISH_KEY, {}), (PUBLISH_KEY,), loc, problems)
     if publish is not None:
         problems += check_publish(publish, loc.problem)
+        problems += check_paths(publish, path.parent, loc.problem)
     config = None
     if _validate(_CONFIG, merge, (), loc, problems) is not None:
         config = _build_config(merge, loc, problems)
@@ -325,7 +231,7 @@ def _load_recipe(path: Path) -> Recipe:
     )
 
 
-def _build_config(merge: dict[str, Any], loc: _Locator, problems: list[Problem]) -> Any:
+def _build_config(merge: dict[str, Any], loc: Locator, problems: list[Problem]) -> Any:
     """mergekit's own config: after the schema it should always build; if mergekit still
     refuses (a newer mergekit, a tokenizer setting), say so at the top."""
     from mergekit.config import MergeConfiguration
@@ -338,40 +244,6 @@ def _build_config(merge: dict[str, Any], loc: _Locator, problems: list[Problem])
     except (RuntimeError, ValueError, TypeError) as exc:
         problems.append(loc.problem((), f"mergekit rejects this config: {exc}"))
     return None
-
-
-def _duplicate_keys(file: str, root: yaml.Node | None) -> list[Problem]:
-    """Every repeated key of a mapping: YAML loaders silently keep the last one."""
-    problems: list[Problem] = []
-    stack = [root] if root is not None else []
-    seen: set[int] = set()  # aliases share nodes, and anchors can make cycles
-    while stack:  # a loop, not recursion: nesting depth is the user's to choose
-        node = stack.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        if isinstance(node, yaml.MappingNode):
-            first: dict[tuple[str, str], yaml.Node] = {}
-            for key, value in node.value:
-                stack.extend((key, value))
-                if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
-                    continue
-                if (key.tag, key.value) in first:
-                    earlier = first[(key.tag, key.value)].start_mark.line + 1
-                    mark = key.start_mark
-                    problems.append(
-                        Problem(
-                            file,
-                            mark.line + 1,
-                            mark.column + 1,
-                            f"duplicate key '{key.value}' (first at line {earlier}); remove one",
-                        )
-                    )
-                else:
-                    first[(key.tag, key.value)] = key
-        elif isinstance(node, yaml.SequenceNode):
-            stack.extend(node.value)
-    return problems
 
 
 # ---------------------------------------------------------------------------------------------
@@ -404,7 +276,7 @@ _WHAT = {
 
 
 def _validate(
-    adapter: TypeAdapter, value: Any, prefix: tuple[Any, ...], loc: _Locator, problems: list
+    adapter: TypeAdapter, value: Any, prefix: tuple[Any, ...], loc: Locator, problems: list
 ) -> Any:
     try:
         return adapter.validate_python(value)
@@ -414,7 +286,7 @@ def _validate(
 
 
 def _schema_problems(
-    errors: list[Any], root: type[BaseModel], prefix: tuple[Any, ...], loc: _Locator
+    errors: list[Any], root: type[BaseModel], prefix: tuple[Any, ...], loc: Locator
 ) -> list[Problem]:
     problems: list[Problem] = []
     seen: set[tuple[int, bool]] = set()

@@ -24,11 +24,37 @@ def check_publish(publish: Any, at: At) -> list[Any]:
     takes settings from the command line too, and says the same there)."""
     from publisher.recipe_schema import EVAL_SUITES, closest
 
+    problems = []
     suite = publish.eval.suite
     if suite is not None and suite not in EVAL_SUITES:
         hint = closest(suite, list(EVAL_SUITES), " Known suites: " + ", ".join(EVAL_SUITES))
-        return [at(("publish", "eval", "suite"), f"unknown eval suite '{suite}'.{hint}")]
-    return []
+        problems.append(at(("publish", "eval", "suite"), f"unknown eval suite '{suite}'.{hint}"))
+    if (chat := publish.chat_template) is not None and (why := _chat_template_problem(chat)):
+        problems.append(at(("publish", "chat_template"), why))
+    return problems
+
+
+def _chat_template_problem(value: str) -> str | None:
+    """What mergekit's `_set_chat_template` would refuse only at merge time."""
+    import importlib.resources
+
+    from mergekit._data import chat_templates
+
+    from publisher.recipe_paths import is_chat_template_path
+
+    names = sorted(
+        p.name.removesuffix(".jinja")
+        for p in importlib.resources.files(chat_templates).iterdir()
+        if p.name.endswith(".jinja")
+    )
+    if value in ("auto", *names) or is_chat_template_path(value):
+        return None
+    if len(value) >= 20 and "{" in value:  # Jinja text, as mergekit tells them apart
+        return None
+    return (
+        f"chat_template '{value}' is neither a Jinja template, a .jinja file nor one of "
+        f"mergekit's built-in names ({', '.join(['auto', *names])})"
+    )
 
 
 def check_config(config: Any, at: At) -> list[Any]:
@@ -245,3 +271,59 @@ def _unreachable_entries(setting: list[Any], where: Path, evaluate: Any, at: At)
 
 def _any(value: Any) -> Any:
     return value
+
+
+# ---------------------------------------------------------------------------------------------
+# files the recipe points at
+
+
+def check_paths(publish: Any, recipe_dir: Any, at: At) -> list[Any]:
+    """Templates, task directories and files, and a chat template file: each inside the
+    recipe's repository (symlinks resolved), present, and tasks free of code unless allowed."""
+    from publisher.recipe_paths import (
+        TASK_SUFFIXES,
+        is_chat_template_path,
+        repository_root,
+    )
+
+    root = repository_root(recipe_dir)
+    targets: list[tuple[Path, str, str]] = []  # (YAML path, the path given, kind)
+    if publish.templates is not None:
+        targets.append((("publish", "templates"), publish.templates, "dir"))
+    for i, given in enumerate(publish.eval.include_paths):
+        targets.append((("publish", "eval", "include_paths", i), given, "tasks"))
+    for i, given in enumerate(publish.eval.tasks):
+        if given.endswith(TASK_SUFFIXES):
+            targets.append((("publish", "eval", "tasks", i), given, "task"))
+    chat = publish.chat_template
+    if chat is not None and is_chat_template_path(chat):
+        targets.append((("publish", "chat_template"), chat, "file"))
+    problems = []
+    for where, given, kind in targets:
+        if message := _path_problem(recipe_dir, given, kind, root, publish.eval.allow_code):
+            problems.append(at(where, message))
+    return problems
+
+
+def _path_problem(recipe_dir: Any, given: str, kind: str, root: Any, allow_code: bool) -> str:
+    from publisher.recipe_paths import PathError, check_tasks, check_tree, contained
+
+    try:
+        path = contained(recipe_dir, given, root)
+    except PathError as exc:
+        return (
+            f"'{given}' leaves the recipe's repository ({exc}); give a path inside "
+            f"{root}, relative to the recipe"
+        )
+    wants_dir = kind in ("dir", "tasks")
+    if not (path.is_dir() if wants_dir else path.is_file()):
+        what = "a directory" if wants_dir else "a file"
+        return f"'{given}' names {path}, which is not {what}; create it or fix the path"
+    try:
+        if kind == "dir":
+            check_tree(path, root)
+        elif kind in ("tasks", "task"):
+            check_tasks(path, root, allow_code)
+    except PathError as exc:
+        return str(exc)
+    return ""

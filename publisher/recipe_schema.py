@@ -38,6 +38,10 @@ EVAL_SUITES = ("openllm-v1", "leaderboard", "nous", "tiny")
 SETTING_FORMS = (
     "a number in [0, 1], a list of numbers (anchors), or a list of {filter, value} entries"
 )
+# Bounds on numbers that would only fail later, in mergekit or lm-eval.
+MAX_BATCH_SIZE = 4096
+MAX_FEWSHOT = 100
+MAX_SHARD_BYTES = 10**15
 # The error type of every message written here in full (recipe.py shows it as it is).
 RECIPE_ERROR = "recipe"
 # The error type of "this node must be <what>": recipe.py adds the path and an example.
@@ -244,7 +248,7 @@ class OutputSlice(Strict):
     }
     sources: Annotated[list[InputSlice], must_be("a list of {model, layer_range}", list)]
     base_model: ModelRef | None = None
-    residual_weight: Annotated[float, Field(allow_inf_nan=False), must_be("a number")] = None  # type: ignore[assignment]
+    residual_weight: Annotated[float, Field(allow_inf_nan=False), must_be("a finite number")] = None  # type: ignore[assignment]
     parameters: Parameters = None  # type: ignore[assignment]
 
 
@@ -383,9 +387,13 @@ class EvalSettings(PublishModel):
 
     suite: str | None = None
     tasks: Texts = Field(default_factory=list)
-    limit: float | None = Field(default=None, gt=0)
-    num_fewshot: int | None = Field(default=None, ge=0)
-    batch_size: Annotated[int | Literal["auto"] | None, must_be("a whole number or 'auto'")] = None
+    # samples per task: a fraction of each task below 1, else a whole number of samples
+    limit: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    num_fewshot: int | None = Field(default=None, ge=0, le=MAX_FEWSHOT)
+    batch_size: Annotated[
+        Annotated[int, Field(ge=1, le=MAX_BATCH_SIZE)] | Literal["auto"] | None,
+        must_be(f"a whole number or 'auto' (from 1 to {MAX_BATCH_SIZE})"),
+    ] = None
     apply_chat_template: bool = False
     include_paths: Texts = Field(default_factory=list)
     backend: Literal["hf", "vllm"] = "hf"
@@ -393,6 +401,20 @@ class EvalSettings(PublishModel):
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     # Evaluate both parents the same way, so the card compares the merge with them.
     parents: bool = True
+    # Custom tasks may run Python (`!function` hooks, .py files): only when the recipe says so.
+    allow_code: bool = False
+
+    @field_validator("limit", mode="before")
+    @classmethod
+    def _samples(cls, limit: Any) -> Any:
+        if isinstance(limit, bool) or (
+            isinstance(limit, float) and limit > 1 and not limit.is_integer()
+        ):
+            raise fail(
+                f"eval limit {limit} is neither a fraction below 1 nor a whole number of "
+                "samples; use e.g. 0.1 or 100"
+            )
+        return limit
 
 
 class MergeSettings(PublishModel):
@@ -402,6 +424,22 @@ class MergeSettings(PublishModel):
     lazy_unpickle: bool = False
     low_cpu_memory: bool = False
     out_shard_size: str | int = "5B"
+
+    @field_validator("out_shard_size", mode="plain")
+    @classmethod
+    def _shard_size(cls, value: Any) -> Any:
+        from mergekit.common import parse_kmb
+
+        try:
+            size = -1 if isinstance(value, bool) else parse_kmb(value)
+        except (ValueError, IndexError, TypeError, AttributeError):
+            size = -1
+        if not 0 < size <= MAX_SHARD_BYTES:
+            raise fail(
+                f"out_shard_size {value!r} is not a size like 5B, 500M or 1000000 "
+                "(bytes per output shard, more than 0)"
+            )
+        return value
 
 
 class PublishSettings(PublishModel):

@@ -1,0 +1,196 @@
+"""What a recipe points at on disk: kept inside its repository, and free of code unless allowed.
+
+A recipe names card templates (`publish.templates`), lm-eval task directories and files
+(`publish.eval.include_paths`, `.yaml` entries of `publish.eval.tasks`) and may name a chat
+template file (`publish.chat_template: chat.jinja`). All of them resolve, symlinks followed,
+inside the recipe's repository, and so does every file under a named directory: a template
+that links to `/proc/self/environ` would otherwise carry the job's environment onto the Hub.
+Custom lm-eval tasks can run Python (`!function` hooks, `.py` files, remote dataset code) in
+the process that runs the eval; they are refused unless the recipe sets
+`publish.eval.allow_code: true`.
+
+The same functions run when the recipe is validated and again where the files are used
+(card.py's template loader, evaluate.py's task directories), so a file swapped in between is
+still caught.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import yaml
+from jinja2 import FileSystemLoader
+from jinja2.loaders import split_template_path
+
+from publisher.errors import PublisherError
+
+# Files looked at under one named directory: a task or template directory is small.
+MAX_FILES = 2000
+# Keys of an lm-eval task config whose value is Python, or lets a dataset run its own.
+CODE_KEYS = ("process_docs", "process_results", "custom_dataset", "class")
+TASK_SUFFIXES = (".yaml", ".yml")
+CHAT_TEMPLATE_SUFFIXES = (".jinja", ".j2")
+MAX_TEMPLATE_CHARS = 256 * 1024
+
+
+class PathError(PublisherError, ValueError):
+    """A recipe-controlled path leaves the repository or holds code; the message says which."""
+
+
+def repository_root(start: Path) -> Path:
+    """The nearest directory at or above `start` that holds `.git`, else `start` itself."""
+    start = Path(start).resolve()
+    for directory in (start, *start.parents):
+        if (directory / ".git").exists():
+            return directory
+    return start
+
+
+def outside(path: Path, root: Path) -> str | None:
+    """Why `path`, symlinks resolved, is not inside `root`; None when it is."""
+    try:
+        real = Path(path).resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop
+        return f"it cannot be resolved ({exc})"
+    root = Path(root).resolve()
+    if real == root or root in real.parents:
+        return None
+    return f"it resolves to {real}, outside the repository {root}"
+
+
+def contained(base: Path, given: str, root: Path) -> Path:
+    """`given` (relative to `base`), which must stay inside `root`. Raises `PathError`."""
+    if "\x00" in given:
+        raise PathError("it holds a NUL character")
+    path = Path(base) / Path(given).expanduser()
+    if reason := outside(path, root):
+        raise PathError(reason)
+    return path.resolve()
+
+
+def walk_files(directory: Path) -> Iterator[Path]:
+    """Every entry under `directory`, symlinks included but not followed (at most MAX_FILES)."""
+    count = 0
+    for top, dirs, files in os.walk(directory, followlinks=False):
+        for name in sorted(dirs) + sorted(files):
+            count += 1
+            if count > MAX_FILES:
+                raise PathError(f"{directory} holds more than {MAX_FILES} files")
+            yield Path(top) / name
+
+
+def check_tree(directory: Path, root: Path) -> None:
+    """Refuse a directory with an entry (a symlink) that resolves outside `root`."""
+    for entry in walk_files(directory):
+        if reason := outside(entry, root):
+            raise PathError(f"{entry} is a link out of the repository: {reason.split(', ')[-1]}")
+
+
+class ContainedLoader(FileSystemLoader):
+    """Jinja's `FileSystemLoader`, refusing a template whose real path leaves the repository
+    of its search directory (a link to `/proc/self/environ` would put the environment, and
+    the Hub token in it, on the card)."""
+
+    def get_source(self, environment, template):  # type: ignore[override]
+        pieces = split_template_path(template)  # jinja's own refusal of '..' first
+        for searchpath in self.searchpath:
+            candidate = Path(searchpath, *pieces)
+            if candidate.is_file() or candidate.is_symlink():
+                if reason := outside(candidate, repository_root(Path(searchpath))):
+                    raise PathError(
+                        f"template '{template}' in {searchpath} is refused: {reason}; "
+                        "templates must be files inside the repository, not links out of it"
+                    )
+                break
+        return super().get_source(environment, template)
+
+
+# ---------------------------------------------------------------------------------------------
+# code in lm-eval tasks
+
+
+class _TaskScanner(yaml.SafeLoader):
+    """Reads a task YAML and notes every tag beyond plain YAML (`!function`, `!!python/...`)."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self.tags: list[tuple[int, str]] = []
+
+
+def _note_tag(loader: _TaskScanner, suffix: str, node: yaml.Node) -> str:
+    value = node.value if isinstance(node, yaml.ScalarNode) else ""
+    loader.tags.append((node.start_mark.line + 1, f"{node.tag} {value}".strip()))
+    return ""
+
+
+_TaskScanner.add_multi_constructor("!", _note_tag)
+_TaskScanner.add_multi_constructor("tag:yaml.org,2002:python/", _note_tag)
+
+
+def task_code(path: Path) -> list[str]:
+    """Where a task file runs Python, as `FILE:LINE: what` strings (empty: none)."""
+    if path.suffix == ".py":
+        return [f"{path}: a Python file"]
+    if path.suffix not in TASK_SUFFIXES or not path.is_file():
+        return []
+    try:
+        text = path.read_text(encoding="utf-8")
+        scanner = _TaskScanner(text)
+        try:
+            data = scanner.get_single_data()
+        finally:
+            scanner.dispose()
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        return [f"{path}: cannot be read as YAML ({str(exc).splitlines()[0]})"]
+    found = [f"{path}:{line}: {tag}" for line, tag in scanner.tags]
+    if isinstance(data, dict):
+        found += [f"{path}: '{key}'" for key in CODE_KEYS if data.get(key) not in (None, "")]
+        kwargs = data.get("dataset_kwargs")
+        if isinstance(kwargs, dict) and kwargs.get("trust_remote_code"):
+            found.append(f"{path}: dataset_kwargs.trust_remote_code")
+    return found
+
+
+def tasks_code(path: Path) -> list[str]:
+    """Where a task file, or any file under a task directory, runs Python."""
+    if path.is_dir():
+        return [hit for entry in walk_files(path) for hit in task_code(entry)]
+    return task_code(path)
+
+
+def check_tasks(path: Path, root: Path, allow_code: bool) -> None:
+    """The check applied where tasks are used: inside `root`, and code only if allowed."""
+    if reason := outside(path, root):
+        raise PathError(f"{path}: {reason}")
+    if path.is_dir():
+        check_tree(path, root)
+    if not allow_code and (hits := tasks_code(path)):
+        raise PathError(code_message(hits))
+
+
+def code_message(hits: list[str]) -> str:
+    shown = "; ".join(hits[:3]) + (f"; and {len(hits) - 3} more" if len(hits) > 3 else "")
+    return (
+        f"custom lm-eval tasks run Python ({shown}); remove it, or set "
+        "'publish.eval.allow_code: true' if you trust this code to run next to the eval"
+    )
+
+
+def is_chat_template_path(value: str) -> bool:
+    """Whether `publish.chat_template` names a file rather than holding a template."""
+    return value.endswith(CHAT_TEMPLATE_SUFFIXES) and "{" not in value and "\n" not in value
+
+
+def chat_template_text(value: str, recipe_dir: Path) -> str:
+    """`publish.chat_template` as mergekit takes it: the file's text when it names a file
+    (inside the recipe's repository), else the value itself (a template or a built-in name)."""
+    if not is_chat_template_path(value):
+        return value
+    path = contained(recipe_dir, value, repository_root(recipe_dir))
+    with path.open(encoding="utf-8") as handle:
+        text = handle.read(MAX_TEMPLATE_CHARS + 1)
+    if len(text) > MAX_TEMPLATE_CHARS:
+        raise PathError(f"chat template {path} is longer than {MAX_TEMPLATE_CHARS} characters")
+    return text
