@@ -72,8 +72,11 @@ _ALLOWED = re.compile("|".join(f"(?:{pattern})" for pattern, _ in ALLOWED_FILES)
 # Weights are binary: only their header (JSON, which may carry free-form metadata) is text.
 WEIGHT_SUFFIX = ".safetensors"
 SAFETENSORS_HEADER_MAX = 100_000_000
-# Environment variables whose values are credentials: names with one of these words.
-SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|PRIVATE_KEY|API_KEY|AUTH")
+# Environment variables whose values are credentials: names with one of these words (AUTH as a
+# word of its own: GIT_AUTHOR_NAME is no secret).
+SECRET_NAME = re.compile(
+    r"TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|PRIVATE_KEY|API_KEY|ACCESS_KEY|(?<![A-Z])AUTH(?![A-Z])"
+)
 SECRET_LIST_VAR = "PUBLISHER_SECRET_ENV"
 """Comma-separated names of more variables to treat as secrets (e.g. `HF_READ_KEY`)."""
 MIN_SECRET_LENGTH = 8

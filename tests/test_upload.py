@@ -131,3 +131,37 @@ def test_push_check_runs_the_checks_without_the_hub(tiny_run, local_hub, copy_ru
     assert main(["push", str(run_dir), "--check"]) == 1
     assert "'.env'" in capsys.readouterr().err
     assert len(local_hub.stats.requests) == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "secret"),
+    [
+        ("HF_TOKEN", True),
+        ("ACTIONS_ID_TOKEN_REQUEST_TOKEN", True),
+        ("AWS_SECRET_ACCESS_KEY", True),
+        ("HUB_AUTH", True),
+        ("GIT_AUTHOR_NAME", False),
+        ("HF_HOME", False),
+        ("HF_READ_KEY", False),
+    ],
+)
+def test_secret_names(name, secret, monkeypatch):
+    from publisher.upload import is_secret_name
+
+    monkeypatch.delenv("PUBLISHER_SECRET_ENV", raising=False)
+    assert is_secret_name(name) is secret
+
+
+def test_push_command_takes_create_pr_from_the_runs_recipe(tiny_run, local_hub, copy_run, capsys):
+    """The push job passes no flag on a push to main: the run's publish.create_pr decides."""
+    from publisher.cli import main
+
+    run_dir = copy_run(tiny_run[1])
+    recipe = run_dir / "recipe.yaml"
+    recipe.write_text(recipe.read_text().replace("publish:\n", "publish:\n  create_pr: true\n", 1))
+    assert main(["push", str(run_dir), "--repo-id", REPO]) == 0
+    assert "pull request:" in capsys.readouterr().out
+    assert "model.safetensors" not in HfApi().list_repo_files(REPO)  # main untouched
+    assert main(["push", str(run_dir), "--repo-id", REPO, "--no-create-pr"]) == 0
+    assert "pull request:" not in capsys.readouterr().out
+    assert "model.safetensors" in HfApi().list_repo_files(REPO)
