@@ -652,6 +652,7 @@ def test_malformed_requests_get_a_4xx(hub: LocalHub, client: HfApi) -> None:
         return b"\n".join(json.dumps(line).encode() for line in lines)
 
     header = {"key": "header", "value": {"summary": "x"}}
+    job = b'{"dockerImage": "python:3.12", "command": ["true"]'
     cases: list[tuple[str, str, bytes]] = [
         ("POST", "/api/repos/create", b"{not json"),
         ("POST", "/api/repos/create", b"\x80 not utf-8"),
@@ -673,6 +674,10 @@ def test_malformed_requests_get_a_4xx(hub: LocalHub, client: HfApi) -> None:
         ("POST", f"/{REPO}.git/info/lfs/objects/batch", b'{"operation": "upload", "objects": 1}'),
         ("POST", f"{api}/discussions/1/merge", b"{not json"),
         ("POST", f"/api/jobs/{DEFAULT_USER}", b"{not json"),
+        ("POST", f"/api/jobs/{DEFAULT_USER}", b"[]"),
+        ("POST", f"/api/jobs/{DEFAULT_USER}", job + b', "volumes": [5]}'),
+        ("POST", f"/api/jobs/{DEFAULT_USER}", job + b', "environment": 5}'),
+        ("POST", f"/api/jobs/{DEFAULT_USER}", job + b', "secrets": [1]}'),
         ("POST", "/_publisher/faults", b'{"action": "500", "path": "("}'),
         ("POST", "/_publisher/faults", b'{"action": "500", "method": 5}'),
     ]

@@ -367,8 +367,14 @@ def _check_spec(spec: dict[str, Any]) -> None:
     timeout = spec.get("timeoutSeconds")
     if timeout is not None and (not isinstance(timeout, int) or timeout <= 0):
         raise InvalidRequest("timeoutSeconds must be a positive integer")
-    for volume in spec.get("volumes") or []:
-        _mount_relpath(volume.get("mountPath", ""))
+    for key in ("environment", "secrets"):
+        if not isinstance(spec.get(key) or {}, dict):
+            raise InvalidRequest(f"{key} must be an object of names to values")
+    volumes = spec.get("volumes") or []
+    if not isinstance(volumes, list) or not all(isinstance(v, dict) for v in volumes):
+        raise InvalidRequest("volumes must be a list of objects")
+    for volume in volumes:
+        _mount_relpath(str(volume.get("mountPath", "")))
         if volume.get("type") == "model":
             validate_repo_id(str(volume.get("source", "")))
 

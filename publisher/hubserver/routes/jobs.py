@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from publisher.hubserver.context import hub_of
 from publisher.hubserver.jobrunner import LocalJob, LocalJobs
-from publisher.hubserver.protocol import base_url
+from publisher.hubserver.protocol import base_url, json_body
 from publisher.hubserver.store import HubStoreError, validate_repo_id
 
 router = APIRouter()
@@ -57,9 +57,7 @@ def hardware(request: Request) -> list[dict[str, Any]]:
 @router.post("/api/jobs/{ns}")
 async def create_job(ns: str, request: Request) -> dict[str, Any]:
     _user(request, "run a job")
-    spec = await request.json()
-    if not isinstance(spec, dict):
-        raise JobNotFound("a job spec is a JSON object")  # pragma: no cover - client sends one
+    spec = await json_body(request)
     job = await run_in_threadpool(_jobs(request).create, ns, spec, base_url(request))
     return job.to_json()
 
