@@ -8,7 +8,8 @@ own way is checked the same as the default one:
    differs from the data, wherever the template put it);
 2. every number in `card.json` equals its source: each t with `plan.json`, the smoke section
    with `smoke.json`, the evaluation table with `eval/results.json` and each parent's results
-   in `eval/parents/`, the weight files' sha256 with `merged/`;
+   in `eval/parents/`, the weight files' sha256 with `merged/`, the count of tensors whose t the
+   weights cannot show with the weight check's report;
 3. the `model-index` equals the merge's results, per (dataset, metric).
 
 `check_card` returns one record per item: `{"what", "expected", "found", "ok"}`.
@@ -23,10 +24,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from publisher.cardview import CardView, eval_view, format_t, smoke_view
+from publisher.cardview import CardView, eval_view, format_t, not_observable_view, smoke_view
 from publisher.evaluate import EvalSummary, summarize, to_eval_results
 from publisher.rundir import RunDir
 from publisher.schedule import Plan
+from publisher.weights import WeightReport
 
 Add = Callable[..., None]
 
@@ -44,12 +46,14 @@ def check_card(
     results: dict | None,
     suite: str | None,
     templates_dir: Path | None = None,
+    weights: WeightReport | None = None,
 ) -> list[dict[str, Any]]:
     """Compare the card, its `card.json` and their sources (see the module docstring).
 
     `smoke` is the `SmokeReport` of `smoke.json` or `None`, `results` lm-eval's output or `None`
     (then the card may claim neither), `templates_dir` the directory the card stage used
-    (`None`: the recipe's or the default).
+    (`None`: the recipe's or the default), `weights` the weight check's report (`None`: not
+    compared).
     """
     from publisher.card import CardError, read_card_data, render_view
 
@@ -78,6 +82,13 @@ def check_card(
     _check_t(add, view, plan)
     _check_parents(add, view, plan)
     _check_shards(add, view, run)
+    if weights is not None:
+        expected = not_observable_view(weights)
+        add(
+            "tensors whose t is not observable (weights.json; run the weights stage, then the card)",
+            asdict(expected) if expected else None,
+            asdict(view.t_not_observable) if view.t_not_observable else None,
+        )
     if smoke is None:
         add("no smoke-test section without smoke.json", None, _shown(view.smoke))
     else:

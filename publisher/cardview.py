@@ -24,6 +24,7 @@ from publisher.recipe import Recipe
 from publisher.rundir import IMAGE_NAME
 from publisher.schedule import DEFAULT_GROUP, Plan, group_of
 from publisher.smoke import SmokeReport
+from publisher.weights import NEAR_T, WeightReport
 
 VIEW_VERSION = 1
 BAR_CELLS = 10
@@ -60,6 +61,8 @@ class CardInputs:
         model: what the merged model's files say (context length, prompt format, shards), or
             `None` before the merge.
         extra_warnings: more warnings to show in the card's warning block.
+        weights: the weight check's report, or `None` when it did not run (then the card says
+            nothing about what the weights can show).
     """
 
     recipe: Recipe
@@ -70,6 +73,7 @@ class CardInputs:
     parent_evaluations: dict[str, EvalSummary] = field(default_factory=dict)
     model: ModelFacts | None = None
     extra_warnings: list[str] = field(default_factory=list)
+    weights: WeightReport | None = None
 
 
 @dataclass
@@ -310,6 +314,17 @@ class FactView:
 
 
 @dataclass
+class ObservabilityView:
+    """Checked tensors whose weights cannot show t, e.g. `tensors=1, checked=39,
+    dtype="bfloat16", near="0.05"` (t ± near would store the same values)."""
+
+    tensors: int
+    checked: int
+    dtype: str
+    near: str
+
+
+@dataclass
 class CardView:
     """All the card shows, as strings ready to print (written as `card.json`).
 
@@ -342,6 +357,8 @@ class CardView:
         model_index: whether the front matter has a `model-index` (evaluation results).
         warnings: shown in a warning block near the top, e.g. license conflicts.
         notes: the human-written text between the notes markers.
+        t_not_observable: the tensors whose weights cannot show t, or `None` when every checked
+            tensor shows it (or the weight check did not run).
     """
 
     repo_id: str
@@ -371,6 +388,7 @@ class CardView:
     model_index: bool
     warnings: list[str]
     notes: str
+    t_not_observable: ObservabilityView | None = None
 
     def to_json(self, front_matter: str, templates: str) -> str:
         """The view as `card.json`: the view, the front matter's YAML and the templates used."""
@@ -475,6 +493,16 @@ def build_view(
         model_index=model_index,
         warnings=warnings,
         notes=notes,
+        t_not_observable=not_observable_view(inputs.weights),
+    )
+
+
+def not_observable_view(weights: WeightReport | None) -> ObservabilityView | None:
+    """What the card says about tensors whose t the weights cannot show (None: nothing)."""
+    if weights is None or not weights.not_observable:
+        return None
+    return ObservabilityView(
+        weights.not_observable, len(weights.tensors), weights.dtype, f"{NEAR_T:g}"
     )
 
 

@@ -533,7 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--stages",
         help="comma-separated stages to run, e.g. smoke,eval "
-        "(default: plan,merge,smoke,eval,card,verify)",
+        "(default: plan,merge,weights,smoke,eval,card,verify)",
     )
     p.add_argument("--force", action="store_true", help="redo stages whose inputs are unchanged")
     push_flags = p.add_mutually_exclusive_group()

@@ -1,4 +1,5 @@
-"""`publisher run`: plan → merge → smoke → eval → card → verify (→ push), over a run directory.
+"""`publisher run`: plan → merge → weights → smoke → eval → card → verify (→ push), over a run
+directory.
 
 Each stage reads and writes files in the run directory (see `publisher.rundir`), and records in
 `manifest.json` its status, timing and a hash of its inputs. A stage whose inputs are unchanged
@@ -6,7 +7,10 @@ since its last successful run is skipped; `force` redoes it. When a stage fails 
 there with one plain message, and no later stage runs: the card only shows reports whose stage
 succeeded on the current inputs, and nothing is pushed unless verify passed.
 
-Verify runs after the card so that it checks the very README that would be pushed.
+The weight check (`weights`) runs right after the merge, so a merge that is not what the plan
+says stops the run before the slow stages, and the card can say what the weights could not show.
+Verify runs after the card so that it checks the very README that would be pushed; it takes the
+weight check's report when it is current and re-runs the check when it is not.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from publisher.rundir import RunDir
 
 SettingsT = TypeVar("SettingsT", EvalSettings, MergeSettings)
 
-STAGES = ("plan", "merge", "smoke", "eval", "card", "verify", "push")
+STAGES = ("plan", "merge", "weights", "smoke", "eval", "card", "verify", "push")
 DEFAULT_STAGES = STAGES[:-1]
 TOOLS = ("publisher", "mergekit", "transformers", "torch", "huggingface_hub", "lm_eval", "jinja2")
 
@@ -214,10 +218,9 @@ class RunContext:
         return self._parent_dirs
 
     @property
-    def dtype(self) -> str:
-        return str(
-            self.recipe.merge.get("out_dtype") or self.recipe.merge.get("dtype") or "float32"
-        )
+    def dtypes(self) -> tuple[str | None, str | None]:
+        """The recipe's mergekit `dtype` (what the parents are cast to) and `out_dtype`."""
+        return self.recipe.merge.get("dtype"), self.recipe.merge.get("out_dtype")
 
     def eval_settings(self) -> EvalSettings:
         """The recipe's eval settings with the command line's overrides, validated again."""
@@ -275,6 +278,10 @@ def _merge_inputs(ctx: RunContext) -> str:
     return hash_inputs("merge", ctx.run.plan, settings, ctx.recipe.publish.chat_template)
 
 
+def _weights_inputs(ctx: RunContext) -> str:
+    return hash_inputs("weights", ctx.run.plan, ctx.run.merged, ctx.dtypes)
+
+
 def _smoke_inputs(ctx: RunContext) -> str:
     return hash_inputs("smoke", ctx.run.merged, ctx.recipe.publish.smoke.model_dump())
 
@@ -294,6 +301,7 @@ def _card_inputs(ctx: RunContext) -> str:
         ctx.run.merged if ctx.current("merge") else None,
         ctx.run.smoke if ctx.current("smoke") else None,
         ctx.run.eval_results if ctx.current("eval") else None,
+        ctx.run.weights if ctx.current("weights") else None,
         templates,
         ctx.recipe.repo_id,
     )
@@ -304,6 +312,7 @@ def _verify_inputs(ctx: RunContext) -> str:
         "verify",
         ctx.run.plan,
         ctx.run.merged,
+        ctx.run.weights,
         ctx.run.card,
         ctx.run.card_data,
         ctx.run.smoke,
@@ -355,7 +364,35 @@ def _stage_merge(ctx: RunContext) -> list[Path]:
         ctx.recipe, device=ctx.options.device, settings=ctx.merge_settings()
     )
     run_merge_stage(ctx.recipe, ctx.parents, ctx.parent_dirs, ctx.run.merged, request)
+    # The weight check reproduces a CPU merge exactly and a GPU merge within a bound.
+    ctx.manifest.data["merged_on"] = request.device
+    ctx.manifest.save()
     return [ctx.run.merged]
+
+
+def _stage_weights(ctx: RunContext) -> list[Path]:
+    from publisher.schedule import Plan
+    from publisher.weights import check_weights
+
+    dtype, out_dtype = ctx.dtypes
+    report = check_weights(
+        Plan.read(ctx.run.plan),
+        ctx.run.merged,
+        ctx.parent_dirs,
+        dtype,
+        out_dtype,
+        merged_on=ctx.run.merged_on(),
+        log=ctx.log,
+    )
+    report.write(ctx.run.weights)
+    if not report.passed:
+        raise StageError("weights", _failures_text(report.failures, ctx.run.weights))
+    return [ctx.run.weights]
+
+
+def _failures_text(failures: list[str], details: Path) -> str:
+    more = f" (+{len(failures) - 5} more)" if len(failures) > 5 else ""
+    return "; ".join(failures[:5]) + more + f". Details in {details}"
 
 
 def _stage_smoke(ctx: RunContext) -> list[Path]:
@@ -406,6 +443,7 @@ def card_inputs_for(ctx: RunContext):
     from publisher.evaluate import summarize, to_eval_results
     from publisher.schedule import Plan
     from publisher.smoke import SmokeReport
+    from publisher.weights import WeightReport
 
     plan = Plan.read(ctx.run.plan)
     smoke = (
@@ -417,6 +455,11 @@ def card_inputs_for(ctx: RunContext):
         summary = summarize(results, ctx.eval_settings().suite)
         eval_results = to_eval_results(summary, ctx.recipe.repo_id)
     model = read_model_facts(ctx.run.merged) if ctx.current("merge") else None
+    weights = (
+        WeightReport.read(ctx.run.weights)
+        if ctx.current("weights") and ctx.run.weights.exists()
+        else None
+    )
     return CardInputs(
         recipe=ctx.recipe,
         plan=plan,
@@ -424,6 +467,7 @@ def card_inputs_for(ctx: RunContext):
         evaluation=summary,
         eval_results=eval_results,
         model=model,
+        weights=weights,
     )
 
 
@@ -439,28 +483,28 @@ def _stage_card(ctx: RunContext) -> list[Path]:
 
 def _stage_verify(ctx: RunContext) -> list[Path]:
     from publisher.verify import verify_run
+    from publisher.weights import WeightReport
 
+    # The weight check's report when it describes the current weights; else verify re-runs it.
+    current = ctx.current("weights") and ctx.run.weights.exists()
+    weights = WeightReport.read(ctx.run.weights) if current else None
     report = verify_run(
         ctx.run,
         ctx.parent_dirs,
-        dtype=ctx.dtype,
+        weights=weights,
         expect_smoke=ctx.current("smoke"),
         expect_eval=ctx.current("eval"),
         templates_dir=_templates_dir(ctx),
     )
     report.write(ctx.run.verify)
-    checked = len(report.tensors)
+    checked = len(report.weights.tensors)
     ctx.log(
-        f"  {checked} tensors checked{' (sample)' if report.sampled else ''}, "
+        f"  {checked} tensors re-merged{' (sample)' if report.weights.sampled else ''}"
+        f"{'' if weights is None else ' (by the weights stage)'}, "
         f"{len(report.card_checks)} card checks"
     )
     if not report.passed:
-        raise StageError(
-            "verify",
-            "; ".join(report.failures[:5])
-            + (f" (+{len(report.failures) - 5} more)" if len(report.failures) > 5 else "")
-            + f". Details in {ctx.run.verify}",
-        )
+        raise StageError("verify", _failures_text(report.failures, ctx.run.verify))
     return [ctx.run.verify]
 
 
@@ -488,6 +532,7 @@ def _stage_push(ctx: RunContext) -> list[Path]:
 STAGE_INPUTS: dict[str, Callable[[RunContext], str]] = {
     "plan": _plan_inputs,
     "merge": _merge_inputs,
+    "weights": _weights_inputs,
     "smoke": _smoke_inputs,
     "eval": _eval_inputs,
     "card": _card_inputs,
@@ -497,6 +542,7 @@ STAGE_INPUTS: dict[str, Callable[[RunContext], str]] = {
 STAGE_BODIES: dict[str, Callable[[RunContext], list[Path]]] = {
     "plan": _stage_plan,
     "merge": _stage_merge,
+    "weights": _stage_weights,
     "smoke": _stage_smoke,
     "eval": _stage_eval,
     "card": _stage_card,
@@ -505,6 +551,7 @@ STAGE_BODIES: dict[str, Callable[[RunContext], list[Path]]] = {
 }
 STAGE_NEEDS: dict[str, tuple[str, ...]] = {
     "merge": ("plan",),
+    "weights": ("merge",),
     "smoke": ("merge",),
     "eval": ("merge",),
     "card": ("plan",),

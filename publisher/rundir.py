@@ -5,6 +5,7 @@ RUN_DIR/
   recipe.lock.json     its lock, when the recipe has one
   plan.json            the layer-wise t plan (schedule stage)
   merged/              weights, config, tokenizer, chat template (merge stage)
+  weights.json         every tensor re-merged and compared with the stored one (weights stage)
   smoke.json           chat-template smoke test (smoke stage)
   eval/results.json    lm-eval's full output (eval stage)
   eval/parents/*.json  each parent's lm-eval output on the same tasks (eval stage)
@@ -46,6 +47,10 @@ class RunDir:
     @property
     def merged(self) -> Path:
         return self.root / "merged"
+
+    @property
+    def weights(self) -> Path:
+        return self.root / "weights.json"
 
     @property
     def smoke(self) -> Path:
@@ -91,6 +96,16 @@ class RunDir:
     @property
     def manifest(self) -> Path:
         return self.root / "manifest.json"
+
+    def merged_on(self) -> str:
+        """The device the merge ran on, as the merge stage recorded it in `manifest.json`, e.g.
+        `"cpu"`; `"unknown"` when it is not recorded."""
+        import json
+
+        try:
+            return str(json.loads(self.manifest.read_text(encoding="utf-8"))["merged_on"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return "unknown"
 
     def ensure(self) -> RunDir:
         self.root.mkdir(parents=True, exist_ok=True)

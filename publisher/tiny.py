@@ -175,3 +175,66 @@ def build_tiny_parents(root: Path, spec: TinyModelSpec | None = None) -> tuple[P
             build_tiny_parent(path, seed=seed, spec=spec)
         paths.append(path.resolve())
     return paths[0], paths[1]
+
+
+NEAR_COPY_NAMES = ("tiny-base", "tiny-tuned")
+"""The directories `build_near_copy_parents` writes: the base model and its short fine-tune."""
+
+
+def build_near_copy_parents(
+    root: Path,
+    dtype: str = "bfloat16",
+    steps: int = 3,
+    learning_rate: float = 1e-3,
+    seed: int = 1,
+    spec: TinyModelSpec | None = None,
+) -> tuple[Path, Path]:
+    """Build a tiny base model and a near copy of it, as real SLERP parents are: (base, tuned).
+
+    Real merges blend two fine-tunes of one base, so their tensors differ by small deltas, and
+    they are stored in bfloat16. Here the base is `build_tiny_parent(seed)`; the tuned copy is the
+    base after `steps` AdamW steps of causal-LM loss on the built-in sentences, with the input
+    embeddings frozen as many fine-tunes leave them (so that one tensor is the same in both
+    parents, and no merge of it can show t). Both are saved
+    in `dtype` ("bfloat16" or "float32") under `root/tiny-base` and `root/tiny-tuned`, with the
+    base's tokenizer and chat template. Deterministic (seeded, fixed data order); about a
+    second on a CPU for the default shape.
+    """
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    root = Path(root)
+    base_dir, tuned_dir = (root / name for name in NEAR_COPY_NAMES)
+    build_tiny_parent(base_dir, seed=seed, spec=spec)
+    if tuned_dir.exists():
+        shutil.rmtree(tuned_dir)
+    shutil.copytree(base_dir, tuned_dir)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    torch.manual_seed(seed)
+    batch = tokenizer(_CORPUS.splitlines(), return_tensors="pt", padding=True)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    model.get_input_embeddings().weight.requires_grad_(False)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=learning_rate, weight_decay=0.0)
+    model.train()
+    for _ in range(steps):
+        loss = model(**batch, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    torch_dtype = getattr(torch, dtype)
+    model.to(torch_dtype).save_pretrained(tuned_dir, safe_serialization=True)
+    if torch_dtype != torch.float32:
+        base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+        base.to(torch_dtype).save_pretrained(base_dir, safe_serialization=True)
+    (tuned_dir / "README.md").write_text(
+        (base_dir / "README.md").read_text(encoding="utf-8").replace("random-weights", "fine-tune")
+        + f"\nThis copy is {base_dir.name} after {steps} AdamW steps (lr {learning_rate}) of "
+        "causal-LM loss on a few sentences: a near copy, as the parents of real merges are.\n",
+        encoding="utf-8",
+    )
+    return base_dir.resolve(), tuned_dir.resolve()

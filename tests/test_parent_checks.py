@@ -14,7 +14,7 @@ from publisher.hub import fetch_parents
 from publisher.parents import ParentError, ParentInfo, local_tensor_names, parent_files
 from publisher.recipe import load_recipe
 from publisher.schedule import Plan
-from publisher.verify import verify_weights
+from publisher.weights import check_weights
 
 SHARDS = ["config.json", "model.safetensors.index.json", "model-00001-of-00001.safetensors"]
 
@@ -124,5 +124,6 @@ def test_an_allowed_pickle_parent_is_verified(tiny_run, tiny_parents, pickled):
     assert local_tensor_names(pickled) == local_tensor_names(base)
     run_dir = tiny_run[1]
     plan = Plan.read(run_dir / "plan.json")
-    checks = verify_weights(plan, run_dir / "merged", {plan.base_model: pickled, str(other): other})
-    assert checks and all(c.ok for c in checks)
+    dirs = {plan.base_model: pickled, str(other): other}
+    report = check_weights(plan, run_dir / "merged", dirs, dtype="float32")
+    assert report.passed and report.tensors and all(c.exact == 1.0 for c in report.tensors)

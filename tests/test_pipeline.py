@@ -35,6 +35,7 @@ def test_run_writes_every_report(finished_run):
         "recipe.yaml",
         "plan.json",
         "merged/model.safetensors",
+        "weights.json",
         "smoke.json",
         "eval/results.json",
         "verify.json",
@@ -46,8 +47,8 @@ def test_run_writes_every_report(finished_run):
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert [
         manifest["stages"][s]["status"]
-        for s in ("plan", "merge", "smoke", "eval", "card", "verify")
-    ] == ["ok"] * 6
+        for s in ("plan", "merge", "weights", "smoke", "eval", "card", "verify")
+    ] == ["ok"] * 7
     assert manifest["tool_versions"]["mergekit"] == "0.1.5"
     assert "cpus" in manifest["hardware"]
     assert str(run_dir.resolve()) in output  # says where the run and card are
@@ -99,7 +100,7 @@ def test_second_run_skips_unchanged_stages_and_force_redoes_them(
     card_before = (run_dir / "README.md").read_bytes()
     assert main(["run", str(recipe), "--out", str(run_dir)]) == 0
     out = capsys.readouterr().out
-    assert out.count("unchanged, skipped") == 6, out
+    assert out.count("unchanged, skipped") == 7, out
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert {s["status"] for s in manifest["stages"].values()} == {"skipped"}
     assert (run_dir / "README.md").read_bytes() == card_before
@@ -123,11 +124,16 @@ def test_verify_catches_a_corrupted_tensor(finished_run, tmp_path, capsys, copy_
     name = "model.layers.2.mlp.up_proj.weight"
     tensors[name] = tensors[name] + 0.01 * tensors[name].abs().mean()
     save_file(tensors, weights, metadata={"format": "pt"})
-    # The smoke and eval reports are now stale (they were of other weights), so the card is
-    # re-rendered without them and verify checks the weights against the plan.
+    # The smoke and eval reports and the weight check are now stale (they were of other
+    # weights), so the card is re-rendered without them and verify re-merges the weights itself.
     assert main(["run", str(recipe), "--out", str(run), "--stages", "card,verify"]) == 1
     err = capsys.readouterr().err
-    assert "stage 'verify' failed" in err and name in err
+    assert "stage 'verify' failed" in err
+    assert re.search(
+        re.escape(name) + r": differs from the re-merge at the planned t by up to \d\.\d\de-04 "
+        r"\([\d.e+]+ ulps of float32; the bound is 4\), 100\.0% of 8192 elements differ",
+        err,
+    ), err
     report = (
         json.loads((run / "verify.json").read_text()) if (run / "verify.json").exists() else None
     )
