@@ -296,7 +296,7 @@ def check_tensor(
             f"differs from the re-merge at the planned t by up to {largest:.2e} "
             f"({_ulps_text(worst)} ulps of {out_name}; the bound is {bound})"
         )
-        check.recovered = recover_t(stored, base, other)
+        check.recovered, _ = recover_t(stored, base, other)
     return check
 
 
@@ -406,31 +406,38 @@ def _stored_dtype(merged: SafetensorsDir) -> str:
     return str(merged.get(names[0]).dtype).removeprefix("torch.") if names else "unknown"
 
 
-def recover_t(merged, base, other) -> float:
-    """The t that inverting SLERP gives for a merged tensor and its two parents (a diagnostic).
+def recover_t(merged, base, other) -> tuple[float, float]:
+    """The t that inverting SLERP gives for a merged tensor and its two parents, and the residual
+    (the relative part of `merged` that no interpolation of the parents explains): a diagnostic.
 
     mergekit interpolates each tensor as a whole: `merged = c_a·a + c_b·b` with
     `c_a = sin((1-t)θ)/sin θ`, `c_b = sin(tθ)/sin θ` and θ the angle between the parents
     (plain linear interpolation when they are nearly collinear). Least squares recovers `c_a`
     and `c_b`, and `t = atan2(c_b sin θ, c_a + c_b cos θ) / θ`. Reliable for parents far apart
     and float32 weights; for near copies rounded to bfloat16 it can be far off a correct t.
+    t is nan when the parents are identical.
     """
     import torch
 
     m = merged.to(torch.float64).flatten()
     a = base.to(torch.float64).flatten()
     b = other.to(torch.float64).flatten()
+    scale = max(float(m.norm()), 1e-30)
     aa, bb, ab = float(a @ a), float(b @ b), float(a @ b)
     am, bm = float(a @ m), float(b @ m)
     det = aa * bb - ab * ab
     if aa == 0.0 or bb == 0.0 or det <= 1e-12 * aa * bb:
         diff = b - a  # collinear parents: SLERP is linear, m - a = t (b - a)
         denom = float(diff @ diff)
-        return math.nan if denom == 0.0 else float((m - a) @ diff) / denom
+        if denom == 0.0:
+            return math.nan, float(torch.linalg.vector_norm(m - a)) / scale
+        t = float((m - a) @ diff) / denom
+        return t, float(torch.linalg.vector_norm(m - a - t * diff)) / scale
     c_a = (bb * am - ab * bm) / det
     c_b = (aa * bm - ab * am) / det
+    residual = float(torch.linalg.vector_norm(m - c_a * a - c_b * b)) / scale
     cos_theta = max(-1.0, min(1.0, ab / math.sqrt(aa * bb)))
     if abs(cos_theta) > 0.9995:  # mergekit's dot_threshold: linear interpolation
-        return c_b
+        return c_b, residual
     theta = math.acos(cos_theta)
-    return math.atan2(c_b * math.sin(theta), c_a + c_b * math.cos(theta)) / theta
+    return math.atan2(c_b * math.sin(theta), c_a + c_b * math.cos(theta)) / theta, residual
