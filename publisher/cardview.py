@@ -21,6 +21,7 @@ from typing import Any
 from publisher.evaluate import EvalRow, EvalSummary
 from publisher.parents import ParentInfo
 from publisher.recipe import Recipe
+from publisher.recipe_paths import is_chat_template_path
 from publisher.rundir import IMAGE_NAME
 from publisher.schedule import DEFAULT_GROUP, Plan, group_of
 from publisher.smoke import SmokeReport
@@ -597,6 +598,8 @@ def _planned_prompt_format(recipe: Recipe) -> str | None:
     template = recipe.publish.chat_template
     if template is None:
         return "the base model's chat template"
+    if is_chat_template_path(template):
+        return f"the chat template in the recipe's file `{template}`"
     if "{" not in template:
         return f"mergekit's built-in `{template}` chat template"
     return "the chat template the recipe gives"

@@ -32,7 +32,7 @@ from publisher.digests import sha256_file
 from publisher.errors import PublisherError
 from publisher.parents import ParentInfo, resolve_parents
 from publisher.recipe import EvalSettings, MergeSettings, Recipe
-from publisher.recipe_paths import TASK_SUFFIXES
+from publisher.recipe_paths import TASK_SUFFIXES, chat_template_text
 from publisher.report import Log, Reporter, reporter
 from publisher.rundir import RunDir
 
@@ -275,7 +275,10 @@ def _plan_inputs(ctx: RunContext) -> str:
 
 def _merge_inputs(ctx: RunContext) -> str:
     settings = ctx.merge_settings().model_dump()
-    return hash_inputs("merge", ctx.run.plan, settings, ctx.recipe.publish.chat_template)
+    chat = ctx.recipe.publish.chat_template
+    # a chat template file counts by its text: editing it merges again
+    text = chat_template_text(chat, ctx.recipe.path.parent) if chat else None
+    return hash_inputs("merge", ctx.run.plan, settings, text)
 
 
 def _weights_inputs(ctx: RunContext) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import yaml
 from jinja2 import FileSystemLoader
@@ -33,6 +34,7 @@ CODE_KEYS = ("process_docs", "process_results", "custom_dataset", "class")
 TASK_SUFFIXES = (".yaml", ".yml")
 CHAT_TEMPLATE_SUFFIXES = (".jinja", ".j2")
 MAX_TEMPLATE_CHARS = 256 * 1024
+MAX_TASK_CHARS = 1024 * 1024
 
 
 class PathError(PublisherError, ValueError):
@@ -129,14 +131,19 @@ _TaskScanner.add_multi_constructor("!", _note_tag)
 _TaskScanner.add_multi_constructor("tag:yaml.org,2002:python/", _note_tag)
 
 
-def task_code(path: Path) -> list[str]:
-    """Where a task file runs Python, as `FILE:LINE: what` strings (empty: none)."""
+def task_code(path: Path, root: Path | None = None, seen: set[Path] | None = None) -> list[str]:
+    """Where a task file runs Python, as `FILE:LINE: what` strings (empty: none), following
+    its `include:`s as lm-eval does. An include that leaves `root` raises `PathError`."""
     if path.suffix == ".py":
         return [f"{path}: a Python file"]
     if path.suffix not in TASK_SUFFIXES or not path.is_file():
         return []
+    seen = seen if seen is not None else {path.resolve()}
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open(encoding="utf-8") as handle:
+            text = handle.read(MAX_TASK_CHARS + 1)
+        if len(text) > MAX_TASK_CHARS:
+            return [f"{path}: longer than {MAX_TASK_CHARS} characters, too long to check"]
         scanner = _TaskScanner(text)
         try:
             data = scanner.get_single_data()
@@ -145,28 +152,43 @@ def task_code(path: Path) -> list[str]:
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         return [f"{path}: cannot be read as YAML ({str(exc).splitlines()[0]})"]
     found = [f"{path}:{line}: {tag}" for line, tag in scanner.tags]
-    if isinstance(data, dict):
-        found += [f"{path}: '{key}'" for key in CODE_KEYS if data.get(key) not in (None, "")]
-        kwargs = data.get("dataset_kwargs")
-        if isinstance(kwargs, dict) and kwargs.get("trust_remote_code"):
-            found.append(f"{path}: dataset_kwargs.trust_remote_code")
+    if not isinstance(data, dict):
+        return found
+    found += [f"{path}: '{key}'" for key in CODE_KEYS if data.get(key) not in (None, "")]
+    kwargs = data.get("dataset_kwargs")
+    if isinstance(kwargs, dict) and kwargs.get("trust_remote_code"):
+        found.append(f"{path}: dataset_kwargs.trust_remote_code")
+    for target in _includes(path, data.get("include")):
+        if root is not None and (reason := outside(target, root)):
+            raise PathError(f"{path}: include '{target}' is refused: {reason}")
+        if target.resolve() not in seen:
+            seen.add(target.resolve())
+            found += task_code(target, root, seen)
     return found
 
 
-def tasks_code(path: Path) -> list[str]:
+def _includes(path: Path, include: Any) -> list[Path]:
+    """The files an lm-eval `include:` names: one or a list, relative to the including file."""
+    items = include if isinstance(include, list) else [] if include is None else [include]
+    return [path.parent / str(item) for item in items]  # an absolute item stays absolute
+
+
+def tasks_code(path: Path, root: Path | None = None) -> list[str]:
     """Where a task file, or any file under a task directory, runs Python."""
     if path.is_dir():
-        return [hit for entry in walk_files(path) for hit in task_code(entry)]
-    return task_code(path)
+        return [hit for entry in walk_files(path) for hit in task_code(entry, root)]
+    return task_code(path, root)
 
 
 def check_tasks(path: Path, root: Path, allow_code: bool) -> None:
-    """The check applied where tasks are used: inside `root`, and code only if allowed."""
+    """The check applied where tasks are used: inside `root` (includes too), and code only
+    if allowed."""
     if reason := outside(path, root):
         raise PathError(f"{path}: {reason}")
     if path.is_dir():
         check_tree(path, root)
-    if not allow_code and (hits := tasks_code(path)):
+    hits = tasks_code(path, root)
+    if hits and not allow_code:
         raise PathError(code_message(hits))
 
 

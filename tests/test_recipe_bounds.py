@@ -207,6 +207,18 @@ def test_paths_inside_the_repository_pass(repo, tiny_parents, capsys):
     assert code == 0, output
 
 
+def test_chat_template_file_is_read_from_inside_the_repository(repo):
+    from publisher.recipe_paths import PathError, chat_template_text
+
+    (repo / "chat.jinja").write_text("{% for m in messages %}{{ m.content }}{% endfor %}")
+    recipes = repo / "recipes"
+    assert chat_template_text("../chat.jinja", recipes).startswith("{% for m in messages %}")
+    assert chat_template_text("chatml", recipes) == "chatml"
+    (recipes / "out.jinja").symlink_to(repo.parent / "outside" / "secret.txt")
+    with pytest.raises(PathError, match="outside the repository"):
+        chat_template_text("out.jinja", recipes)
+
+
 def test_template_linking_out_is_refused_by_validate_and_by_the_loader(repo, tiny_parents, capsys):
     from publisher.card import _environment
     from publisher.recipe_paths import PathError
@@ -247,13 +259,33 @@ CODE_TASK = "task: hooked\ndataset_path: json\nprocess_docs: !function utils.pro
             "dataset_kwargs.trust_remote_code",
         ),
         ({"hooked.yaml": CODE_TASK}, "    tasks: [../tasks/hooked.yaml]\n", 17, "!function"),
+        (
+            {"plain.yaml": "task: p\ninclude: sub/base.yaml\n", "sub/base.yaml": CODE_TASK},
+            "    tasks: [../tasks/plain.yaml]\n",
+            17,
+            "base.yaml:3: !function",
+        ),
+        (
+            {"loader.yaml": "task: l\nclass: !!python/name:os.system\n"},
+            "    include_paths: [../tasks]\n",
+            17,
+            "tag:yaml.org,2002:python/name:os.system",
+        ),
     ],
-    ids=["function-tag", "python-file", "remote-dataset-code", "task-file"],
+    ids=[
+        "function-tag",
+        "python-file",
+        "remote-dataset-code",
+        "task-file",
+        "include",
+        "python-tag",
+    ],
 )
 def test_task_code_is_refused_unless_allowed(
     repo, tiny_parents, capsys, files, publish, line, fragment
 ):
     for name, text in files.items():
+        (repo / "tasks" / name).parent.mkdir(parents=True, exist_ok=True)
         (repo / "tasks" / name).write_text(text)
     path = write_in(repo, "  eval:\n" + publish, tiny_parents)
     problem = only_problem(path, capsys)
@@ -261,6 +293,15 @@ def test_task_code_is_refused_unless_allowed(
     assert fragment in problem["msg"] and "publish.eval.allow_code: true" in problem["msg"]
     allowed = write_in(repo, "  eval:\n    allow_code: true\n" + publish, tiny_parents)
     assert run_validate(allowed, capsys)[0] == 0
+
+
+def test_task_include_leaving_the_repository_is_refused(repo, tiny_parents, capsys):
+    (repo.parent / "outside" / "evil.yaml").write_text(CODE_TASK)
+    (repo / "tasks" / "inc.yaml").write_text("task: i\ninclude: ../../outside/evil.yaml\n")
+    publish = "  eval:\n    allow_code: true\n    tasks: [../tasks/inc.yaml]\n"
+    problem = only_problem(write_in(repo, publish, tiny_parents), capsys)
+    assert problem["line"] == "18"
+    assert "include" in problem["msg"] and "outside the repository" in problem["msg"]
 
 
 def test_eval_stage_checks_task_code_again(repo):
