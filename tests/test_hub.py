@@ -74,6 +74,19 @@ def test_create_pr_leaves_main_untouched(tiny_run, local_hub):
     assert local_hub.stats.commits == [] and local_hub.stats.lfs_bytes_uploaded == 0
 
 
+def test_push_to_a_branch_leaves_main_untouched(tiny_run, local_hub):
+    _, run_dir, _ = tiny_run
+    api = HfApi()
+    api.create_repo(REPO)
+    main_before = api.model_info(REPO).sha
+    api.create_branch(REPO, branch="staging")  # `publisher push --revision` commits to a branch
+    result = push_run(run_dir, REPO, revision="staging", log=quiet)
+    assert api.model_info(REPO, revision="staging").sha == result.commit_sha
+    assert api.model_info(REPO).sha == main_before
+    assert "model.safetensors" in api.list_repo_files(REPO, revision="staging")
+    assert "model.safetensors" not in api.list_repo_files(REPO)
+
+
 def test_pull_request_whose_answer_is_lost_is_opened_once(tiny_run, local_hub):
     _, run_dir, _ = tiny_run
     api = HfApi()
