@@ -12,6 +12,7 @@ import os
 import re
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 from types import ModuleType
 
@@ -243,8 +244,38 @@ def cmd_run(args: argparse.Namespace) -> int:
             if (value := getattr(args, name)) is not None
         },
     )
+    if args.on == "hf-jobs":
+        return _run_on_jobs(args, recipe, run_dir, options)
     try:
         run_pipeline(recipe, run_dir, options, log=actions.ActionsReporter(_out))
+    finally:
+        manifest = run_dir / "manifest.json"
+        if manifest.exists():
+            actions.write_summary(stage_table(manifest))
+    _report_run(run_dir)
+    return EXIT_OK
+
+
+def _run_on_jobs(args: argparse.Namespace, recipe, run_dir: Path, options) -> int:
+    from publisher.jobs import JobOptions, JobsError, run_on_jobs
+    from publisher.pipeline import DEFAULT_STAGES, stage_table
+
+    if args.stages is not None or args.force:
+        raise JobsError("--on hf-jobs runs every stage in a fresh job: drop --stages and --force")
+    job = JobOptions(
+        flavor=args.flavor,
+        timeout=args.timeout,
+        push_flavor=args.push_flavor,
+        image=args.image,
+    )
+    try:
+        run_on_jobs(
+            recipe,
+            run_dir,
+            replace(options, stages=DEFAULT_STAGES),
+            job,
+            log=actions.ActionsReporter(_out),
+        )
     finally:
         manifest = run_dir / "manifest.json"
         if manifest.exists():
@@ -481,6 +512,33 @@ def _add_common(parser: argparse.ArgumentParser, top: bool = False) -> None:
     )
 
 
+def _add_jobs_flags(p: argparse.ArgumentParser) -> None:
+    from publisher import jobs
+
+    p.add_argument(
+        "--on",
+        choices=["local", "hf-jobs"],
+        default="local",
+        help="where the GPU stages run: here, or as Hugging Face Jobs (billed to the account)",
+    )
+    p.add_argument(
+        "--flavor",
+        default=jobs.DEFAULT_FLAVOR,
+        help=f"hf-jobs: hardware of the build job (default: {jobs.DEFAULT_FLAVOR})",
+    )
+    p.add_argument(
+        "--timeout",
+        default=jobs.DEFAULT_TIMEOUT,
+        help=f"hf-jobs: the build job's limit, e.g. 90m, 4h (default: {jobs.DEFAULT_TIMEOUT})",
+    )
+    p.add_argument(
+        "--push-flavor",
+        default=jobs.DEFAULT_PUSH_FLAVOR,
+        help=f"hf-jobs: hardware of the verify-and-push job (default: {jobs.DEFAULT_PUSH_FLAVOR})",
+    )
+    p.add_argument("--image", default=jobs.DEFAULT_IMAGE, help="hf-jobs: the container image")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="publisher",
@@ -574,6 +632,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--eval-backend", choices=["hf", "vllm"], help="lm-eval backend (vllm: GPU)")
     p.add_argument("--templates", help="card templates directory")
+    _add_jobs_flags(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("push", help="publish a verified run directory in one commit")

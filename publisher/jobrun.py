@@ -1,0 +1,245 @@
+"""What runs inside the Hugging Face Jobs that `publisher run --on hf-jobs` starts.
+
+Two jobs per run, so that recipe-controlled code never runs next to the write credential:
+
+- `build` (the GPU flavor, **no token**): the pipeline's stages on the recipe bundle, writing the
+  run directory into a read-write bucket volume (`/out/run`). Templates and custom tasks run here.
+- `finish` (a small CPU flavor, the token as the job secret `HF_TOKEN`): reads the build's run
+  directory from the same bucket, read-only, copies it, plans again from the recipe in the
+  bundle (the plan in the bucket was written where recipe code ran, so it is not trusted), checks
+  the weights against that plan and the card against the reports (`verify_run`), pushes when
+  asked and only if that passed, and uploads the run record (never the weights) to the private
+  staging repo, where the local command fetches it. With `record_only` (the build failed or
+  timed out) it uploads the record and does nothing else.
+
+Both read their settings from `$PUBLISHER_JOB` (JSON, see `JobSpec`); nothing user-controlled is
+on their command line. Mounts sit at `/bundle` and `/out`, under `$HF_JOB_ROOT` on the local Hub.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+SPEC_ENV = "PUBLISHER_JOB"
+BUNDLE_MOUNT = "/bundle"
+OUT_MOUNT = "/out"
+RUN_SUBDIR = "run"
+# The run record: what comes back to the local run directory (never `merged/`).
+RECORD_FILES = (
+    "manifest.json",
+    "recipe.yaml",
+    "recipe.lock.json",
+    "plan.json",
+    "smoke.json",
+    "eval/results.json",
+    "verify.json",
+    "README.md",
+    "schedule.png",
+)
+
+
+@dataclass
+class JobSpec:
+    """Everything a job needs to know, passed as JSON in `$PUBLISHER_JOB`.
+
+    Attributes:
+        run_id: names the bucket folder and the record folder, e.g. `"tiny-demo-20260101-ab12cd"`.
+        recipe: the recipe's path inside the bundle, e.g. `"recipes/tiny-demo-slerp.yaml"`.
+        src: the directory inside the bundle that holds the `publisher` package, e.g. `"."`.
+        staging: the private Hub repo holding bundles and records, e.g. `"me/publisher-jobs"`.
+        options: `RunOptions` fields from the command line (paths relative to the bundle).
+        push: push after verify passed (finish job).
+        record_only: the build failed: bring the record back, verify and push nothing.
+    """
+
+    run_id: str
+    recipe: str
+    src: str = "."
+    staging: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+    push: bool = False
+    record_only: bool = False
+
+    def to_env(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> JobSpec:
+        raw = (os.environ if environ is None else environ).get(SPEC_ENV)
+        if not raw:
+            raise SystemExit(f"${SPEC_ENV} is not set: this module runs inside a publisher job")
+        return cls(**json.loads(raw))
+
+    @property
+    def record_path(self) -> str:
+        return f"runs/{self.run_id}"
+
+
+def mount(path: str) -> Path:
+    """A volume's path in this job: `/bundle`, or under `$HF_JOB_ROOT` on the local Hub."""
+    return Path(os.environ.get("HF_JOB_ROOT", "") + path)
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+# -- build --------------------------------------------------------------------------------------
+
+
+def build(spec: JobSpec) -> int:
+    """Run plan → verify on the bundle; the run directory lands in the bucket. Exit 1 on failure
+    (the manifest names the failed stage)."""
+    from publisher.errors import PublisherError
+    from publisher.pipeline import DEFAULT_STAGES, RunOptions, run_pipeline
+    from publisher.recipe import load_recipe
+
+    bundle = mount(BUNDLE_MOUNT)
+    options = dict(spec.options)
+    if options.get("templates_dir"):
+        options["templates_dir"] = bundle / options["templates_dir"]
+    run_options = RunOptions(
+        **options, device=_device(), stages=DEFAULT_STAGES, push=False, force=False
+    )
+    run_dir = mount(OUT_MOUNT) / RUN_SUBDIR
+    _say(f"publisher build job: {spec.recipe} on {run_options.device}, run {spec.run_id}")
+    try:
+        run_pipeline(load_recipe(bundle / spec.recipe), run_dir, run_options, log=_say)
+    except PublisherError as exc:
+        _say(f"error: {exc}")
+        return 1
+    _say("build finished: every stage passed")
+    return 0
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# -- finish -------------------------------------------------------------------------------------
+
+
+def finish(spec: JobSpec) -> int:
+    """Verify again where the token is, push if asked and verified, upload the record."""
+    from huggingface_hub import get_token
+
+    from publisher.errors import PublisherError
+
+    token = get_token()
+    if not token:
+        _say("error: the finish job has no HF_TOKEN secret")
+        return 1
+    source = mount(OUT_MOUNT) / RUN_SUBDIR
+    work = Path(tempfile.mkdtemp(prefix="publisher-finish-")) / RUN_SUBDIR
+    if not source.is_dir():
+        _say(f"error: the build left no run directory in the bucket ({source})")
+        return 1
+    shutil.copytree(source, work, symlinks=False)
+    code = 0
+    if not spec.record_only:
+        try:
+            code = _verify_and_push(spec, work)
+        except PublisherError as exc:
+            _say(f"error: {exc}")
+            code = 1
+    try:
+        _upload_record(spec, work, token)
+    except PublisherError as exc:
+        _say(f"error: the record was not uploaded: {exc}")
+        return 1
+    return code
+
+
+def _verify_and_push(spec: JobSpec, work: Path) -> int:
+    from publisher.hub import fetch_parents, push_run
+    from publisher.parents import resolve_parents
+    from publisher.pipeline import Manifest
+    from publisher.recipe import load_recipe
+    from publisher.rundir import RunDir
+    from publisher.schedule import build_plan, write_plan
+    from publisher.verify import verify_run
+
+    bundle = mount(BUNDLE_MOUNT)
+    recipe = load_recipe(bundle / spec.recipe)
+    run = RunDir(work)
+    manifest = Manifest(run.manifest)
+    parents = resolve_parents(recipe)
+    write_plan(build_plan(recipe, parents), run.plan)  # the trusted plan, not the bucket's
+    passed = {
+        name for name, rec in manifest.data["stages"].items() if rec.get("status") != "failed"
+    }
+    dtype = str(recipe.merge.get("out_dtype") or recipe.merge.get("dtype") or "float32")
+    report = verify_run(
+        run,
+        fetch_parents(recipe, parents, log=_say),
+        dtype=dtype,
+        expect_smoke="smoke" in passed,
+        expect_eval="eval" in passed,
+    )
+    report.write(run.verify)
+    verify_record = manifest.data["stages"].get("verify") or {}
+    verify_record.update(status="ok" if report.passed else "failed", error=None)
+    if not report.passed:
+        verify_record["error"] = "; ".join(report.failures[:5])
+    manifest.data["stages"]["verify"] = verify_record
+    manifest.save()
+    _say(f"verify (push job): {'passed' if report.passed else 'FAILED'}")
+    if not report.passed:
+        for failure in report.failures[:5]:
+            _say(f"  {failure}")
+        return 1
+    if spec.push:
+        options = spec.options
+        create_pr = options.get("create_pr")
+        private = options.get("private")
+        result = push_run(
+            run.root,
+            repo_id=options.get("repo_id") or recipe.repo_id,
+            create_pr=recipe.publish.create_pr if create_pr is None else create_pr,
+            private=recipe.publish.private if private is None else private,
+            log=_say,
+        )
+        manifest.data["push"] = result.as_dict()
+        manifest.save()
+    return 0
+
+
+def _upload_record(spec: JobSpec, work: Path, token: str) -> None:
+    """The record files (no weights) to `staging/runs/<run_id>/`, in one commit."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    from publisher.upload import environment_secrets, scan_secrets
+
+    files = {name: work / name for name in RECORD_FILES if (work / name).is_file()}
+    scan_secrets(files, {**environment_secrets(), "HF_TOKEN": token})
+    HfApi(token=token).create_commit(
+        repo_id=spec.staging,
+        operations=[
+            CommitOperationAdd(f"{spec.record_path}/{name}", str(path))
+            for name, path in files.items()
+        ],
+        commit_message=f"publisher run record {spec.run_id}",
+    )
+    _say(f"record uploaded: {len(files)} files")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args not in (["build"], ["finish"]):
+        _say("usage: python -m publisher.jobrun build|finish  (settings in $PUBLISHER_JOB)")
+        return 2
+    spec = JobSpec.from_env()
+    return build(spec) if args[0] == "build" else finish(spec)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
