@@ -3,7 +3,8 @@
 A `FaultInjector` holds rules: "the next `times` requests whose method is `method` and whose
 path matches `path_pattern` get `action`". Actions:
 
-- `"500"`, `"429"`: answer that status with a JSON error, without running the endpoint.
+- `"500"`, `"429"`, `"402"`, `"403"`: answer that status with a JSON error, without running the
+  endpoint (402 and 403 are how the Hub refuses a job for billing or quota).
 - `"drop"`: read the first chunk of the request body (mid-upload for a PUT), then close the
   connection without a response. The endpoint never runs; the client sees "Server disconnected
   without sending a response" (httpx: `RemoteProtocolError`), or a write error mid-upload.
@@ -32,8 +33,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger("publisher.hubserver")
 
-FaultAction = Literal["500", "429", "drop", "drop_after", "cut"]
-FAULT_ACTIONS: tuple[str, ...] = ("500", "429", "drop", "drop_after", "cut")
+FaultAction = Literal["500", "429", "402", "403", "drop", "drop_after", "cut"]
+FAULT_ACTIONS: tuple[str, ...] = ("500", "429", "402", "403", "drop", "drop_after", "cut")
+_STATUS_ACTIONS = ("500", "429", "402", "403")
 
 
 @dataclass
@@ -44,7 +46,8 @@ class FaultRule:
         method: HTTP method to match (`"PUT"`), or None for any.
         path_pattern: regular expression searched (`re.search`) in the URL-decoded request path.
             Example: `r"\\.git/info/lfs/objects/[0-9a-f]{64}$"` (an LFS upload).
-        action: `"500"`, `"429"`, `"drop"`, `"drop_after"` or `"cut"` (see the module docstring).
+        action: an HTTP status (`"500"`, `"429"`, `"402"`, `"403"`), `"drop"`, `"drop_after"` or
+            `"cut"` (see the module docstring).
         times: how many matching requests get the fault; 0 or less means every one, forever.
         fired: how many requests got it so far.
     """
@@ -240,7 +243,7 @@ class FaultMiddleware:
         try:
             if rule is None:
                 await self.app(scope, receive, _tap(send, record))
-            elif rule.action in ("500", "429"):
+            elif rule.action in _STATUS_ACTIONS:
                 code = int(rule.action)
                 logger.info("fault injected: %s %s -> %d", method, path, code)
                 await _send_json(send, code, {"error": f"Injected fault: HTTP {code}"})

@@ -141,6 +141,11 @@ class LocalHub:
             server.force_exit = True
             thread.join(timeout)
 
+    @property
+    def jobs(self) -> Any:
+        """The server's `LocalJobs` (once started): its jobs, their specs and log lines."""
+        return self._app.state.jobs
+
     def client_env(self, token: str | None = None) -> dict[str, str]:
         """Environment variables for a huggingface_hub client in a subprocess."""
         return client_environment(self.endpoint, token=token or self.token or "local-hub-token")

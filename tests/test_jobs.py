@@ -1,0 +1,203 @@
+"""`publisher run --on hf-jobs` against the local Hub, whose Jobs run as local subprocesses:
+the build job (no token) and the finish job (verify, push, record) for real, over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from huggingface_hub import HfApi
+
+from publisher.cli import main
+from publisher.hubserver import LocalHub, hub_client_env
+
+TOKEN = "hf_jobs_test_token_0123456789"
+USER = "jobs-tester"
+RECIPE = """\
+slices:
+  - sources:
+      - model: {base}
+        layer_range: [0, 4]
+      - model: {other}
+        layer_range: [0, 4]
+merge_method: slerp
+base_model: {base}
+parameters:
+  t:
+    - filter: self_attn
+      value: [0, 0.5, 1]
+    - value: 0.5
+dtype: float32
+publish:
+  repo_id: jobs-tester/tiny-jobs
+  license: apache-2.0
+  smoke:
+    prompts: [{user: "Hi"}]
+    max_new_tokens: 2
+  eval:
+    tasks: [publisher_tiny_qa]
+    limit: 2
+"""
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[LocalHub]:
+    with (
+        LocalHub(tmp_path / "hub", token=TOKEN, user=USER) as hub,
+        hub_client_env(hub.endpoint, token=TOKEN, hf_home=tmp_path / "hf-home"),
+    ):
+        yield hub
+
+
+@pytest.fixture
+def recipe(tmp_path: Path, tiny_parents: tuple[Path, Path]) -> Path:
+    """The recipe, with its local parents given relative to it (so they travel in the bundle)."""
+    folder = tmp_path / "recipes"
+    folder.mkdir()
+    base, other = (os.path.relpath(p, folder) for p in tiny_parents)
+    path = folder / "tiny-jobs.yaml"
+    path.write_text(RECIPE.replace("{base}", base).replace("{other}", other))
+    return path
+
+
+def run(recipe: Path, out: Path, *flags: str) -> int:
+    return main(
+        [
+            "run",
+            str(recipe),
+            "--on",
+            "hf-jobs",
+            "--out",
+            str(out),
+            "--flavor",
+            "cpu-upgrade",
+            *flags,
+        ]
+    )
+
+
+def jobs_of(hub: LocalHub) -> dict[str, object]:
+    return {job.spec["labels"]["publisher-role"]: job for job in hub.jobs.list(USER)}
+
+
+def model_commits(hub: LocalHub) -> list[str]:
+    return [c.commit_id for c in hub.stats.commits if c.repo_id == "jobs-tester/tiny-jobs"]
+
+
+def test_success_pushes_and_brings_the_record_back(
+    hub: LocalHub, recipe: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hub.faults.add("GET", r"/api/jobs/.+/logs$", "cut")  # the build's log stream breaks once
+    out = tmp_path / "run"
+    assert run(recipe, out, "--push") == 0, capsys.readouterr()
+    printed = capsys.readouterr().out
+    # The record is back, the weights are not.
+    for name in (
+        "manifest.json",
+        "plan.json",
+        "smoke.json",
+        "eval/results.json",
+        "verify.json",
+        "README.md",
+        "schedule.png",
+    ):
+        assert (out / name).is_file(), name
+    assert not (out / "merged").exists()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["stages"]["verify"]["status"] == "ok"
+    assert json.loads((out / "verify.json").read_text())["passed"] is True
+    # Pushed once, from the finish job; the card on the Hub is the one that came back.
+    assert len(model_commits(hub)) == 1 and manifest["push"]["repo_id"] == "jobs-tester/tiny-jobs"
+    api = HfApi()
+    card = api.hf_hub_download("jobs-tester/tiny-jobs", "README.md")
+    assert Path(card).read_bytes() == (out / "README.md").read_bytes()
+    assert "model.safetensors" in api.list_repo_files("jobs-tester/tiny-jobs")
+    # The logs streamed live, each line once although the stream was cut and reconnected.
+    assert printed.count("build finished: every stage passed") == 1
+    assert hub.stats.count("GET", r"/logs$") >= 3
+    # The token went to the finish job only, as a secret: never in a command, env or log line.
+    jobs = jobs_of(hub)
+    assert "secrets" not in jobs["build"].spec and jobs["finish"].spec["secrets"] == {
+        "HF_TOKEN": TOKEN
+    }
+    for job in jobs.values():
+        assert TOKEN not in json.dumps(job.spec["command"]) + json.dumps(job.spec["environment"])
+        assert not any(TOKEN in line for _, line in job.lines)
+        assert job.stage == "COMPLETED"
+    assert TOKEN not in printed
+
+
+def test_stage_failing_in_the_job_names_it_and_pushes_nothing(
+    hub: LocalHub, recipe: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recipe.write_text(
+        recipe.read_text() + "  chat_template: \"{{ raise_exception('boom in the job') }}\"\n"
+    )
+    out = tmp_path / "run"
+    assert run(recipe, out, "--push") == 1
+    err = capsys.readouterr().err
+    assert "failed stage: smoke" in err and "boom in the job" in err and "nothing was pushed" in err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["stages"]["smoke"]["status"] == "failed"
+    assert "push" not in manifest and model_commits(hub) == []
+    assert jobs_of(hub)["build"].stage == "ERROR"
+
+
+def test_ctrl_c_cancels_the_running_job(
+    hub: LocalHub, recipe: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def interrupt_once_running() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if any(job.stage == "RUNNING" for job in hub.jobs.list(USER)):
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=interrupt_once_running, daemon=True)
+    watcher.start()
+    assert run(recipe, tmp_path / "run", "--push") == 130
+    watcher.join()
+    jobs = jobs_of(hub)
+    assert list(jobs) == ["build"] and jobs["build"].stage == "CANCELED"
+    assert "cancelled job" in capsys.readouterr().out
+    assert model_commits(hub) == []
+
+
+def test_job_past_its_timeout(
+    hub: LocalHub, recipe: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(recipe, tmp_path / "run", "--push", "--timeout", "1") == 1
+    err = capsys.readouterr().err
+    assert "ran past its timeout of 1s" in err and "--timeout" in err
+    assert jobs_of(hub)["build"].message == "Job timeout" and model_commits(hub) == []
+
+
+def test_refusals_before_any_job(
+    hub: LocalHub,
+    recipe: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert run(recipe, tmp_path / "run", "--flavor", "a10g-larg") == 1
+    assert "unknown flavor 'a10g-larg' (did you mean 'a10g-large'?)" in capsys.readouterr().err
+    for status, what in (("402", "billing"), ("403", "quota"), ("429", "quota")):
+        hub.faults.add("POST", r"^/api/jobs/[^/]+$", status)
+        assert run(recipe, tmp_path / "run") == 1
+        err = capsys.readouterr().err
+        assert f"HTTP {status}" in err and what in err and "settings/billing" in err
+    assert hub.jobs.list(USER) == []
+    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    assert run(recipe, tmp_path / "run") == 1
+    assert "no Hugging Face token" in capsys.readouterr().err
