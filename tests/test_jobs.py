@@ -6,17 +6,21 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from huggingface_hub import HfApi
 
 from publisher.cli import main
 from publisher.hubserver import LocalHub, hub_client_env
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "hf_jobs_test_token_0123456789"
 USER = "jobs-tester"
 RECIPE = """\
@@ -90,13 +94,44 @@ def model_commits(hub: LocalHub) -> list[str]:
     return [c.commit_id for c in hub.stats.commits if c.repo_id == "jobs-tester/tiny-jobs"]
 
 
-def test_success_pushes_and_brings_the_record_back(
-    hub: LocalHub, recipe: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def publish_step(name: str) -> str:
+    """The script of a step of publish.yml's publish job."""
+    data = yaml.safe_load((REPO_ROOT / ".github/workflows/publish.yml").read_text())
+    return next(s["run"] for s in data["jobs"]["hf-jobs"]["steps"] if s.get("name") == name)
+
+
+def test_publish_workflow_on_hf_jobs_pushes_and_brings_the_record_back(
+    hub: LocalHub, recipe: Path, tmp_path: Path
 ) -> None:
+    """publish.yml's run step, under a simulated runner with runner=hf-jobs: the build job and
+    the finish job run, the model is pushed, the record comes back to the runner."""
     hub.faults.add("GET", r"/api/jobs/.+/logs$", "cut")  # the build's log stream breaks once
     out = tmp_path / "run"
-    assert run(recipe, out, "--push") == 0, capsys.readouterr()
-    printed = capsys.readouterr().out
+    github = tmp_path / "github"
+    github.mkdir()
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "GITHUB_ACTIONS": "true",
+        "GITHUB_OUTPUT": str(github / "output"),
+        "GITHUB_STEP_SUMMARY": str(github / "summary.md"),
+        "RECIPE": str(recipe),
+        "FLAVOR": "cpu-upgrade",
+        "OUT": str(out),
+        "PUSH": "true",
+        "CREATE_PR": "",
+        "EVAL_SUITE": "",
+        "EVAL_LIMIT": "",
+    }
+    script = publish_step("Run on Hugging Face Jobs")
+    done = subprocess.run(
+        ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     # The record is back, the weights are not.
     for name in (
         "manifest.json",
@@ -118,19 +153,23 @@ def test_success_pushes_and_brings_the_record_back(
     card = api.hf_hub_download("jobs-tester/tiny-jobs", "README.md")
     assert Path(card).read_bytes() == (out / "README.md").read_bytes()
     assert "model.safetensors" in api.list_repo_files("jobs-tester/tiny-jobs")
+    # The step's outputs and summary, as on a GPU runner.
+    outputs = (github / "output").read_text()
+    assert manifest["push"]["commit_sha"] in outputs and "repo_url" in outputs
+    assert "verify" in (github / "summary.md").read_text()
     # The logs streamed live, each line once although the stream was cut and reconnected.
-    assert printed.count("build finished: every stage passed") == 1
+    assert done.stdout.count("build finished: every stage passed") == 1
     assert hub.stats.count("GET", r"/logs$") >= 3
     # The token went to the finish job only, as a secret: never in a command, env or log line.
     jobs = jobs_of(hub)
-    assert "secrets" not in jobs["build"].spec and jobs["finish"].spec["secrets"] == {
-        "HF_TOKEN": TOKEN
-    }
+    assert "secrets" not in jobs["build"].spec
+    assert jobs["finish"].spec["secrets"] == {"HF_TOKEN": TOKEN}
     for job in jobs.values():
         assert TOKEN not in json.dumps(job.spec["command"]) + json.dumps(job.spec["environment"])
         assert not any(TOKEN in line for _, line in job.lines)
         assert job.stage == "COMPLETED"
-    assert TOKEN not in printed
+    shown = [line for line in done.stdout.splitlines() if not line.startswith("::add-mask::")]
+    assert not any(TOKEN in line for line in shown)
 
 
 def test_stage_failing_in_the_job_names_it_and_pushes_nothing(

@@ -82,7 +82,16 @@ def test_publish_triggers_and_inputs() -> None:
     assert on["push"]["branches"] == ["main"]
     assert on["push"]["paths"] == ["recipes/**", "templates/**"]
     inputs = on["workflow_dispatch"]["inputs"]
-    assert set(inputs) == {"recipe", "push", "create_pr", "eval_suite", "eval_limit"}
+    assert set(inputs) == {
+        "recipe",
+        "push",
+        "create_pr",
+        "eval_suite",
+        "eval_limit",
+        "runner",
+        "flavor",
+    }
+    assert inputs["runner"]["options"] == ["", "self-hosted", "hf-jobs"]
     assert inputs["recipe"]["required"] is True
     assert inputs["push"]["type"] == "boolean" and inputs["push"]["default"] is False
     assert inputs["create_pr"]["type"] == "boolean"
@@ -122,7 +131,7 @@ def test_concurrency() -> None:
     assert "github.event.pull_request.number" in pr["concurrency"]["group"]
     assert pr["concurrency"]["cancel-in-progress"] is True
     jobs = load(WORKFLOWS / "publish.yml")["jobs"]
-    for name in ("build", "push", "push-oidc"):
+    for name in ("build", "push", "push-oidc", "hf-jobs"):
         assert "matrix.recipe" in jobs[name]["concurrency"]["group"], name
         assert jobs[name]["concurrency"]["cancel-in-progress"] is False  # never abandon a push
     assert jobs["push"]["concurrency"]["group"] == jobs["push-oidc"]["concurrency"]["group"]
@@ -166,18 +175,32 @@ def test_no_expressions_inside_run_scripts() -> None:
 
 
 def test_pull_request_jobs_get_no_secrets() -> None:
-    text = (WORKFLOWS / "recipe-pr.yml").read_text(encoding="utf-8")
-    assert not re.search(r"\bsecrets\.\w", text)
-    assert "pull_request_target" not in load(WORKFLOWS / "recipe-pr.yml")["on"]
+    """None, except the labelled full run on Hugging Face Jobs: one Jobs token, behind an
+    environment (reviewers), and never a push."""
+    data = load(WORKFLOWS / "recipe-pr.yml")
+    assert "pull_request_target" not in data["on"]
+    for job_id, job in data["jobs"].items():
+        used = set(re.findall(r"\bsecrets\.(\w+)", yaml.safe_dump(job)))
+        if job_id == "full-run-hf-jobs":
+            assert used == {"HF_JOBS_TOKEN"} and job["environment"] == "hf-jobs-preview"
+            assert "full-run" in job["if"] and "--no-push" in job["steps"][-2]["run"]
+        else:
+            assert not used, job_id
 
 
 def test_gpu_jobs_use_the_runner_variable() -> None:
-    pr = load(WORKFLOWS / "recipe-pr.yml")["jobs"]["full-run"]
-    build = load(WORKFLOWS / "publish.yml")["jobs"]["build"]
-    assert build["runs-on"] == GPU_RUNS_ON
+    jobs = load(WORKFLOWS / "recipe-pr.yml")["jobs"]
+    pr, pr_hf = jobs["full-run"], jobs["full-run-hf-jobs"]
+    publish = load(WORKFLOWS / "publish.yml")["jobs"]
+    assert publish["build"]["runs-on"] == GPU_RUNS_ON
     # Pull requests' code gets a runner pool of its own where one is configured.
     assert pr["runs-on"] == PR_GPU_RUNS_ON
-    assert "github.event.label.name == 'full-run'" in pr["if"]
+    # Without a GPU runner: ubuntu-latest, the GPU stages as Hugging Face Jobs.
+    assert publish["hf-jobs"]["runs-on"] == pr_hf["runs-on"] == "ubuntu-latest"
+    for job in (pr, pr_hf):
+        assert "github.event.label.name == 'full-run'" in job["if"]
+    assert "vars.PUBLISHER_RUNNER != 'hf-jobs'" in pr["if"]
+    assert "vars.PUBLISHER_RUNNER == 'hf-jobs'" in pr_hf["if"]
     lint_config = yaml.safe_load((GITHUB_DIR / "actionlint.yaml").read_text(encoding="utf-8"))
     assert "gpu" in lint_config["self-hosted-runner"]["labels"]
 
@@ -208,7 +231,9 @@ def test_the_build_job_holds_no_write_credential() -> None:
     upload = next(s for s in build["steps"] if s.get("with", {}).get("name", "").startswith("run-"))
     assert upload["with"]["path"] == "runs/${{ steps.name.outputs.name }}"
     assert upload["with"]["include-hidden-files"] is False
-    assert text.count("secrets.HF_TOKEN") == 1  # the push job's, nowhere else
+    # The push job's, and the hf-jobs job's (which only starts Hugging Face Jobs: recipe code
+    # runs in the build Job there, which gets no credential).
+    assert text.count("secrets.HF_TOKEN") == 2
 
 
 def test_the_push_jobs_hold_the_credential_and_run_no_recipe_code() -> None:
@@ -272,6 +297,38 @@ def test_publisher_commands_in_workflows_parse() -> None:
             "--eval-suite tiny --eval-limit 10"
         )
     )
+    args = parser.parse_args(
+        shlex.split("run recipes/x.yaml --out runs/x --on hf-jobs --flavor l40sx4")
+    )
+    assert (args.on, args.flavor) == ("hf-jobs", "l40sx4")
+
+
+def test_publish_runner_choice() -> None:
+    """The runner comes from the input, else the variable PUBLISHER_RUNNER, else self-hosted;
+    the per-recipe concurrency group holds for both."""
+    data = load(WORKFLOWS / "publish.yml")
+    step = next(s for s in data["jobs"]["recipes"]["steps"] if s.get("id") == "runner")
+    assert step["env"]["RUNNER"] == "${{ inputs.runner || vars.PUBLISHER_RUNNER || 'self-hosted' }}"
+    assert data["jobs"]["recipes"]["outputs"]["runner"] == "${{ steps.runner.outputs.runner }}"
+    jobs = data["jobs"]
+    hf = jobs["hf-jobs"]
+    # Exactly one path runs: the GPU build and its pushes, or the Hugging Face Jobs job.
+    for name in ("build", "push", "push-oidc"):
+        assert "needs.recipes.outputs.runner != 'hf-jobs'" in jobs[name]["if"], name
+    assert "needs.recipes.outputs.runner == 'hf-jobs'" in hf["if"]
+    # One publish of a recipe at a time, whichever path: the push jobs' group.
+    assert hf["concurrency"] == jobs["push"]["concurrency"]
+    assert hf["environment"]["name"] == "hub-publish" and hf["permissions"] == {"contents": "read"}
+    run = next(s for s in hf["steps"] if s.get("id") == "run")
+    assert "--on hf-jobs" in run["run"] and "PUBLISHER_HF_FLAVOR" in run["env"]["FLAVOR"]
+    for value, ok in (("self-hosted", True), ("hf-jobs", True), ("gpu", False)):
+        done = subprocess.run(
+            ["bash", "-eo", "pipefail", "-c", step["run"]],
+            env={**os.environ, "RUNNER": value, "GITHUB_OUTPUT": os.devnull},
+            capture_output=True,
+            text=True,
+        )
+        assert (done.returncode == 0) is ok, value
 
 
 # ---------------------------------------------------------------------------------------------
