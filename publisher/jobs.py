@@ -47,7 +47,7 @@ from publisher.report import Log, reporter
 DEFAULT_IMAGE = "ghcr.io/astral-sh/uv:python3.12-bookworm"
 DEFAULT_FLAVOR = "a10g-large"
 DEFAULT_PUSH_FLAVOR = "cpu-upgrade"
-DEFAULT_TIMEOUT = "2h"
+DEFAULT_TIMEOUT = "6h"
 STAGING_NAME = "publisher-jobs"
 TAIL_LINES = 20
 # Fixed text: every value it uses comes from the environment the job was given, never from
@@ -56,7 +56,7 @@ TAIL_LINES = 20
 BOOTSTRAP = """set -eu
 bundle="${HF_JOB_ROOT:-}/bundle"
 src="$bundle/$PUBLISHER_JOB_SRC"
-if ! python -c "import mergekit, lm_eval, transformers, torch" 2>/dev/null; then
+if ! python -c "import mergekit, lm_eval, transformers, torch${PUBLISHER_JOB_EXTRA:+, $PUBLISHER_JOB_EXTRA}" 2>/dev/null; then
   echo "installing the publisher's dependencies from $PUBLISHER_JOB_SRC/pyproject.toml"
   uv pip install --system --quiet -r "$src/pyproject.toml" ${PUBLISHER_JOB_EXTRA:-}
 fi
@@ -424,6 +424,7 @@ def fetch_record(api: Any, staging: str, record_path: str, run_dir: Path) -> lis
 
     fetched = []
     run_dir.mkdir(parents=True, exist_ok=True)
+    stale = dict.fromkeys(RECORD_FILES)
     for name in RECORD_FILES:
         try:
             path = hf_hub_download(
@@ -435,6 +436,10 @@ def fetch_record(api: Any, staging: str, record_path: str, run_dir: Path) -> lis
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, target)
         fetched.append(name)
+        stale.pop(name)
+    if "manifest.json" in fetched:  # what this run did not write is not this run's record
+        for name in stale:
+            (run_dir / name).unlink(missing_ok=True)
     return fetched
 
 

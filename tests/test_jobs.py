@@ -168,7 +168,7 @@ def test_publish_workflow_on_hf_jobs_pushes_and_brings_the_record_back(
         assert TOKEN not in json.dumps(job.spec["command"]) + json.dumps(job.spec["environment"])
         assert not any(TOKEN in line for _, line in job.lines)
         assert job.stage == "COMPLETED"
-    shown = [line for line in done.stdout.splitlines() if not line.startswith("::add-mask::")]
+    shown = [line for line in done.stdout.splitlines() if not line.startswith("::add-mask")]
     assert not any(TOKEN in line for line in shown)
 
 

@@ -205,6 +205,9 @@ class LocalJobs:
                 self._finish(job, "CANCELED", None)
         if process is not None:
             self._kill(process)
+            with self._changed:  # canceled once the process is gone, as the Hub answers next
+                if not job.done:
+                    self._finish(job, "CANCELED", None)
 
     def wait_for_lines(self, job: LocalJob, seen: int, timeout: float) -> tuple[list, bool]:
         """Lines after the first `seen`, waiting up to `timeout` for some; and whether the job is
@@ -260,6 +263,8 @@ class LocalJobs:
                 self._kill(process)
             reader.join(10)
             with self._changed:
+                if job.done:  # canceled: `cancel` has already said so
+                    return
                 if job.cancel_requested:
                     self._finish(job, "CANCELED", None)
                 elif timed_out:
