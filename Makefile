@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/publisher demo
+	$(VENV)/bin/publisher demo $(if $(ON),--on $(ON))
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -498,7 +498,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from publisher import demo
 
     _import_hubserver("'publisher demo'")
-    return demo.run_demo(Path(args.out))
+    return demo.run_demo(Path(args.out), on=args.on)
 
 
 def _add_common(parser: argparse.ArgumentParser, top: bool = False) -> None:
@@ -675,6 +675,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main job on the embedded demo recipe")
     p.add_argument("--out", default="build/demo")
+    p.add_argument(
+        "--on",
+        choices=["local", "hf-jobs"],
+        default="local",
+        help="hf-jobs: the GPU stages as Jobs of the local Hub (subprocesses), then pushed",
+    )
     p.set_defaults(func=cmd_demo)
 
     _add_actions_commands(sub)

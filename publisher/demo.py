@@ -47,7 +47,8 @@ def publish_parents(parents: list[Path], log: Callable[[str], None]) -> list[str
     return repo_ids
 
 
-def run_demo(out: Path, log: Callable[[str], None] = print) -> int:
+def run_demo(out: Path, log: Callable[[str], None] = print, on: str = "local") -> int:
+    """The demo; `on="hf-jobs"` runs the stages as Jobs of the local Hub (`publisher.jobs`)."""
     from publisher.hubserver import LocalHub, hub_client_env
     from publisher.parents import lock_parents, write_lock
     from publisher.pipeline import DEFAULT_STAGES, RunOptions, run_pipeline
@@ -80,9 +81,15 @@ def run_demo(out: Path, log: Callable[[str], None] = print) -> int:
         lock = write_lock(recipe, lock_parents(recipe, online=True))
         log(f"locked the parents in {lock}")
         run_dir = out / "run"
-        run_pipeline(
-            recipe, run_dir, RunOptions(stages=(*DEFAULT_STAGES, "push"), push=True), log=log
-        )
+        if on == "hf-jobs":
+            from publisher.jobs import JobOptions, run_on_jobs
+
+            jobs = JobOptions(flavor="cpu-upgrade", push_flavor="cpu-basic", timeout="30m")
+            run_on_jobs(recipe, run_dir, RunOptions(push=True), jobs, log=log)
+        else:
+            run_pipeline(
+                recipe, run_dir, RunOptions(stages=(*DEFAULT_STAGES, "push"), push=True), log=log
+            )
         page = f"{hub.endpoint}/{recipe.repo_id}"
         log("")
         log(f"run directory: {run_dir}")

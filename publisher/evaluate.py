@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import yaml
 from huggingface_hub import EvalResult
 
 from publisher.errors import PublisherError
+from publisher.parallel import EvalParallelism
 from publisher.recipe import EvalSettings
 from publisher.recipe_paths import TASK_SUFFIXES, PathError, check_tasks, repository_root
 
@@ -38,6 +40,8 @@ TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 TINY_TASK = "publisher_tiny_qa"
 BACKENDS = ("hf", "vllm")
 RESULTS_NAME = "results.json"
+# Set by `accelerate launch` in each process it starts (0 is the main one).
+_RANK_ENV = "RANK"
 LOCAL_TASKS_NAME = "tasks"
 
 
@@ -245,6 +249,7 @@ def run_eval(
     device: str = "cpu",
     dtype: str = "auto",
     backend: str = "hf",
+    parallel: EvalParallelism | None = None,
 ) -> dict[str, Any]:
     """Evaluate the model in `model_dir` with lm-eval and write `OUT_DIR/results.json`.
 
@@ -262,6 +267,9 @@ def run_eval(
         backend: `"hf"` (transformers) or `"vllm"`. vLLM needs the `vllm` extra
             (`pip install lm-eval[vllm]`) on a GPU runner; it picks its GPU itself, runs with
             `gpu_memory_utilization=0.8`, and is not exercised by the tests.
+        parallel: how the GPUs are used (`publisher.parallel`): vLLM's tensor and data
+            parallel sizes; for `hf`, `parallelize` and, with several copies, this same
+            evaluation relaunched under `accelerate launch` (rank 0 writes the results).
 
     Returns:
         lm-eval's output as written to `results.json` (per-sample logs left out, plus
@@ -280,9 +288,15 @@ def run_eval(
     include = [write_local_tasks(out_dir / LOCAL_TASKS_NAME), *_include_paths(settings)]
     manager = _task_manager(include, names)
 
+    if parallel is not None and parallel.processes(backend) > 1 and _RANK_ENV not in os.environ:
+        return _launch_data_parallel(
+            parallel, model_dir, settings, out_dir, device=device, dtype=dtype, backend=backend
+        )
     model_args: dict[str, Any] = {"pretrained": str(Path(model_dir).resolve()), "dtype": dtype}
     if backend == "vllm":
         model_args["gpu_memory_utilization"] = 0.8
+    if parallel is not None:
+        model_args.update(parallel.model_args(backend))
     batch_size = settings.batch_size or (
         "auto" if backend == "vllm" or device.startswith("cuda") else 1
     )
@@ -306,6 +320,8 @@ def run_eval(
             f"lm-eval failed on {', '.join(names)}: {type(exc).__name__}: {exc}"
         ) from exc
     if results is None:
+        if int(os.environ.get(_RANK_ENV, "0")) > 0:
+            return {}  # another data-parallel process: rank 0 writes the results
         raise EvalError("lm-eval returned no results (not the main process?)")
     results.pop("samples", None)
     results.setdefault("lm_eval_version", lm_eval.__version__)
@@ -316,6 +332,56 @@ def run_eval(
         text = text.replace(str(local), shown)
     results_path.write_text(text + "\n", encoding="utf-8")
     return json.loads(text)
+
+
+def _launch_data_parallel(
+    parallel: EvalParallelism,
+    model_dir: Path,
+    settings: EvalSettings,
+    out_dir: Path,
+    **kwargs: str,
+) -> dict[str, Any]:
+    """Run this evaluation in `parallel.data_parallel` processes under `accelerate launch`;
+    lm-eval splits the requests between them and rank 0 writes `results.json`."""
+    import subprocess
+    import sys
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    job = out_dir / "launch.json"
+    job.write_text(
+        json.dumps(
+            {
+                "model_dir": str(model_dir),
+                "settings": settings.model_dump(),
+                "out_dir": str(out_dir),
+                "parallel": asdict(parallel),
+                **kwargs,
+            }
+        ),
+        encoding="utf-8",
+    )
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
+    command += ["--num_processes", str(parallel.processes("hf")), "-m", "publisher.evaluate"]
+    done = subprocess.run([*command, str(job)], check=False)  # noqa: S603 - our own module
+    job.unlink(missing_ok=True)
+    if done.returncode != 0:
+        raise EvalError(f"lm-eval under accelerate launch failed (exit {done.returncode})")
+    return json.loads((out_dir / RESULTS_NAME).read_text(encoding="utf-8"))
+
+
+def _launched(path: str) -> None:
+    """One process of `_launch_data_parallel`."""
+    job = json.loads(Path(path).read_text(encoding="utf-8"))
+    run_eval(
+        Path(job["model_dir"]),
+        EvalSettings.model_validate(job["settings"]),
+        Path(job["out_dir"]),
+        device=f"cuda:{os.environ.get('LOCAL_RANK', '0')}",
+        dtype=job["dtype"],
+        backend=job["backend"],
+        parallel=EvalParallelism(**job["parallel"]),
+    )
 
 
 def write_local_tasks(dest: Path) -> Path:
@@ -588,3 +654,9 @@ def to_eval_results(summary: EvalSummary, model_name: str) -> list[EvalResult]:
 
 def _metric_label(row: EvalRow) -> str:
     return row.metric if row.filter == "none" else f"{row.metric} ({row.filter})"
+
+
+if __name__ == "__main__":
+    import sys
+
+    _launched(sys.argv[1])

@@ -293,7 +293,9 @@ def _eval_inputs(ctx: RunContext) -> str:
     settings = ctx.eval_settings()
     # A custom task's YAML or data changing changes the results, so its directory is an input.
     task_dirs = [Path(p) for p in settings.include_paths if Path(p).is_dir()]
-    return hash_inputs("eval", ctx.run.merged, settings.model_dump(), *task_dirs)
+    # How the work spreads over GPUs does not change the results: not an input.
+    dumped = settings.model_dump(exclude={"parallel"})
+    return hash_inputs("eval", ctx.run.merged, dumped, *task_dirs)
 
 
 def _card_inputs(ctx: RunContext) -> str:
@@ -428,6 +430,16 @@ def _stage_eval(ctx: RunContext) -> list[Path]:
         if ctx.run.eval_results.exists():
             ctx.run.eval_results.unlink()
         return []
+    parallel = None
+    if ctx.options.device.startswith("cuda"):
+        from publisher.parallel import choose_parallelism, detect
+
+        found = detect(ctx.run.merged)
+        try:
+            parallel = choose_parallelism(settings.parallel, **found)
+        except PublisherError as exc:
+            raise StageError("eval", str(exc)) from None
+        ctx.log(f"  eval on {parallel.describe()} ({settings.backend})")
     run_eval(
         ctx.run.merged,
         settings,
@@ -435,6 +447,7 @@ def _stage_eval(ctx: RunContext) -> list[Path]:
         device=ctx.options.device,
         dtype=settings.dtype,
         backend=settings.backend,
+        parallel=parallel,
     )
     return [ctx.run.eval_results]
 

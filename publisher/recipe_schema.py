@@ -403,6 +403,11 @@ class EvalSettings(PublishModel):
     parents: bool = True
     # Custom tasks may run Python (`!function` hooks, .py files): only when the recipe says so.
     allow_code: bool = False
+    # GPUs the evaluation uses: "auto" (all present) or a count; see publisher/parallel.py.
+    parallel: Annotated[
+        Literal["auto"] | Annotated[int, Field(ge=1)],
+        must_be("'auto' or a number of GPUs (1 or more)"),
+    ] = "auto"
 
     @field_validator("limit", mode="before")
     @classmethod

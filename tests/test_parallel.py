@@ -49,3 +49,32 @@ def test_an_explicit_count() -> None:
     with pytest.raises(ParallelError, match="has 2 GPU"):
         choose_parallelism(4, 2)
     assert choose_parallelism(4, 0) == EvalParallelism()  # CPU: the setting has nothing to use
+
+
+def test_the_recipe_field(write_recipe) -> None:
+    from publisher.recipe import RecipeError, load_recipe
+
+    body = """\
+slices:
+  - sources:
+      - model: {base}
+        layer_range: [0, 4]
+      - model: {other}
+        layer_range: [0, 4]
+merge_method: slerp
+base_model: {base}
+parameters:
+  t:
+    - value: 0.5
+dtype: float32
+publish:
+  eval:
+    parallel: PARALLEL
+"""
+    assert (
+        load_recipe(write_recipe(body.replace("PARALLEL", "auto"))).publish.eval.parallel == "auto"
+    )
+    assert load_recipe(write_recipe(body.replace("PARALLEL", "4"))).publish.eval.parallel == 4
+    with pytest.raises(RecipeError) as err:
+        load_recipe(write_recipe(body.replace("PARALLEL", "0")))
+    assert "parallel" in str(err.value.problems[0])
