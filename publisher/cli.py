@@ -18,6 +18,7 @@ from types import ModuleType
 
 from publisher import __version__, actions
 from publisher.errors import CommandError, PublisherError
+from publisher.recipe_yaml import printable
 
 __all__ = ["CommandError", "build_parser", "main"]
 
@@ -30,7 +31,9 @@ def _out(text: str = "") -> None:
 
 
 def _err(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+    # messages quote recipes, parents and servers: nothing in them may start a workflow
+    # command (a newline, then `::error`) or drive the terminal
+    print(printable(text), file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import re
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -222,8 +223,21 @@ SLERP_PARAMETERS = tuple(SlerpParameters.model_fields)
 Parameters = Annotated[
     SlerpParameters, must_be("a mapping of SLERP parameters, e.g. {t: 0.5}", dict)
 ]
-Texts = Annotated[list[str], must_be("a list of strings")]
-ModelRef = Annotated[str, must_be("a model id such as org/name or a local path")]
+
+
+def _one_line(value: str) -> str:
+    """Names, ids and paths are printed on their own: a control character in one (a newline
+    before `::error`) would reach the terminal and GitHub's log as it is."""
+    if not value.isprintable():
+        raise fail(f"{value!r} holds a control character; names and paths are plain text")
+    return value
+
+
+Name = Annotated[str, AfterValidator(_one_line)]
+Texts = Annotated[list[Name], must_be("a list of strings", list)]
+ModelRef = Annotated[
+    str, must_be("a model id such as org/name or a local path"), AfterValidator(_one_line)
+]
 Section = must_be("a mapping of settings", dict)
 
 
@@ -385,7 +399,7 @@ class SmokeSettings(PublishModel):
 class EvalSettings(PublishModel):
     """Which lm-evaluation-harness tasks run, and how."""
 
-    suite: str | None = None
+    suite: Name | None = None
     tasks: Texts = Field(default_factory=list)
     # samples per task: a fraction of each task below 1, else a whole number of samples
     limit: float | None = Field(default=None, gt=0, allow_inf_nan=False)
@@ -461,7 +475,7 @@ class PublishSettings(PublishModel):
     smoke: Annotated[SmokeSettings, Section] = Field(default_factory=SmokeSettings)
     eval: Annotated[EvalSettings, Section] = Field(default_factory=EvalSettings)
     merge: Annotated[MergeSettings, Section] = Field(default_factory=MergeSettings)
-    templates: str | None = None
+    templates: Name | None = None
     push: bool = False
     create_pr: bool = False
     trust_remote_code: bool = False

@@ -352,3 +352,19 @@ def test_preview_workflow_puts_the_problems_in_its_failure_note():
     }
     assert '--markdown "$OUT/problems.md"' in steps["Validate"]["run"]
     assert 'cat "$OUT/problems.md"' in steps["Note the failure for the comment"]["run"]
+
+
+def test_names_and_paths_hold_no_control_characters(write_recipe, capsys):
+    text = VALID.replace("base_model: {base}", 'base_model: "{base}\\n::error::x"')
+    problem = only_problem(write_recipe(text + "publish:\n  tags: [ok]\n"), capsys)
+    assert problem["line"] == "8" and "holds a control character" in problem["msg"]
+    problem = only_problem(write_recipe(VALID + 'publish:\n  tags: [ok, "a\\tb"]\n'), capsys)
+    assert (problem["line"], problem["col"]) == ("16", "14")  # the second tag
+
+
+def test_cli_errors_escape_what_they_quote(capsys):
+    from publisher.cli import _err
+
+    _err("error: parent 'x\n::error file=/etc/passwd::y' \x1b[2J not found")
+    err = capsys.readouterr().err
+    assert err == "error: parent 'x\\n::error file=/etc/passwd::y' \\x1b[2J not found\n"
