@@ -18,7 +18,9 @@ from types import ModuleType
 
 from publisher import __version__, actions
 from publisher.errors import CommandError, PublisherError
+from publisher.evaluate import SUITES
 from publisher.recipe_yaml import printable
+from publisher.settings import DEVICES, EVAL_BACKENDS
 
 __all__ = ["CommandError", "build_parser", "main"]
 
@@ -211,46 +213,22 @@ def _port(text: str) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from publisher.pipeline import (
-        RunOptions,
-        default_run_dir,
-        parse_stages,
-        run_pipeline,
-        stage_table,
-    )
+    from publisher.pipeline import default_run_dir, run_pipeline, stage_table
     from publisher.recipe import load_recipe
+    from publisher.settings import MERGE_FLAGS, resolve_settings
 
     recipe = load_recipe(args.recipe)
     run_dir = Path(args.out) if args.out else default_run_dir(recipe)
     if run_dir.exists() and not run_dir.is_dir():
         raise CommandError(f"--out {run_dir} is a file; give a directory for the run")
-    stages = parse_stages(args.stages)
-    # Push when asked to, or when the recipe says so and the stages were not chosen by hand.
-    wants_push = args.push or (recipe.publish.push and args.stages is None and not args.no_push)
-    if wants_push and "push" not in stages:
-        stages = (*stages, "push")
-    options = RunOptions(
-        device=args.device,
-        stages=stages,
-        force=args.force,
-        eval_suite=args.eval_suite,
-        eval_limit=args.eval_limit,
-        eval_backend=args.eval_backend,
-        templates_dir=Path(args.templates) if args.templates else None,
-        push=wants_push,
-        create_pr=args.create_pr,
-        repo_id=args.repo_id,
-        private=args.private,
-        merge_overrides={
-            name: value
-            for name in ("lazy_unpickle", "low_cpu_memory", "out_shard_size")
-            if (value := getattr(args, name)) is not None
-        },
+    given = _overrides(
+        args, merge={n: v for n in MERGE_FLAGS if (v := getattr(args, n)) is not None}
     )
+    settings = resolve_settings(recipe, given)
     if args.on == "hf-jobs":
-        return _run_on_jobs(args, recipe, run_dir, options)
+        return _run_on_jobs(args, recipe, run_dir, given)
     try:
-        run_pipeline(recipe, run_dir, options, log=actions.ActionsReporter(_out))
+        run_pipeline(recipe, run_dir, settings, log=actions.ActionsReporter(_out))
     finally:
         manifest = run_dir / "manifest.json"
         if manifest.exists():
@@ -259,9 +237,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _run_on_jobs(args: argparse.Namespace, recipe, run_dir: Path, options) -> int:
+def _run_on_jobs(args: argparse.Namespace, recipe, run_dir: Path, given) -> int:
     from publisher.jobs import JobOptions, JobsError, run_on_jobs
-    from publisher.pipeline import DEFAULT_STAGES, stage_table
+    from publisher.pipeline import stage_table
 
     if args.stages is not None or args.force:
         raise JobsError("--on hf-jobs runs every stage in a fresh job: drop --stages and --force")
@@ -275,7 +253,7 @@ def _run_on_jobs(args: argparse.Namespace, recipe, run_dir: Path, options) -> in
         run_on_jobs(
             recipe,
             run_dir,
-            replace(options, stages=DEFAULT_STAGES),
+            replace(given, stages=None),
             job,
             log=actions.ActionsReporter(_out),
         )
@@ -285,6 +263,18 @@ def _run_on_jobs(args: argparse.Namespace, recipe, run_dir: Path, options) -> in
             actions.write_summary(stage_table(manifest))
     _report_run(run_dir)
     return EXIT_OK
+
+
+def _overrides(args: argparse.Namespace, **extra):
+    """The flags as given (`None` where not given): `publisher.settings` weighs them."""
+    from publisher.settings import Overrides
+
+    names = [f for f in Overrides.__dataclass_fields__ if f not in extra]
+    renamed = {"templates_dir": "templates"}
+    return Overrides(
+        **{n: getattr(args, renamed.get(n, n)) for n in names if hasattr(args, renamed.get(n, n))},
+        **extra,
+    )
 
 
 def _report_run(run_dir: Path) -> None:
@@ -316,48 +306,17 @@ def _report_push(push: dict) -> None:
     )
 
 
-def _run_publish_setting(run_dir: Path, key: str) -> bool:
-    """`publish.<key>` of the recipe a run directory holds (False when it says nothing).
-
-    Read as plain YAML: the push job reads the run's settings, it does not load the recipe.
-    """
-    import yaml
-
-    try:
-        data = yaml.safe_load((run_dir / "recipe.yaml").read_text(encoding="utf-8")) or {}
-    except (OSError, ValueError, yaml.YAMLError):
-        return False
-    publish = data.get("publish") if isinstance(data, dict) else None
-    return bool(publish.get(key)) if isinstance(publish, dict) else False
-
-
 def cmd_push(args: argparse.Namespace) -> int:
     from publisher.hub import check_push, push_run
+    from publisher.settings import push_target
 
     run_dir = Path(args.run_dir)
     if args.check:
         files = check_push(run_dir)
         _out(f"ready to push: {len(files)} files, all on the allow-list, no secrets found")
         return EXIT_OK
-    manifest = run_dir / "manifest.json"
-    repo_id = args.repo_id or (
-        json.loads(manifest.read_text()).get("repo_id") if manifest.exists() else None
-    )
-    if not repo_id:
-        raise CommandError(
-            f"no repo id: pass --repo-id or push a run directory made by "
-            f"'publisher run' ({manifest} is missing)"
-        )
-    result = push_run(
-        run_dir,
-        repo_id=repo_id,
-        create_pr=(
-            _run_publish_setting(run_dir, "create_pr") if args.create_pr is None else args.create_pr
-        ),
-        private=_run_publish_setting(run_dir, "private") if args.private is None else args.private,
-        revision=args.revision,
-        log=actions.ActionsReporter(_out),
-    )
+    target = push_target(run_dir / "manifest.json", _overrides(args))
+    result = push_run(run_dir, **target.model_dump(), log=actions.ActionsReporter(_out))
     _report_push(result.as_dict())
     return EXIT_OK
 
@@ -590,7 +549,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="plan, merge, smoke-test, evaluate, card, verify (and push)")
     p.add_argument("recipe")
     p.add_argument("--out", help="run directory (default: runs/<recipe name>)")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument(
+        "--device",
+        choices=DEVICES,
+        help="where smoke and eval run, and the merge (default: cpu; the merge follows "
+        "publish.merge.cuda)",
+    )
     p.add_argument(
         "--stages",
         help="comma-separated stages to run, e.g. smoke,eval "
@@ -599,10 +563,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="redo stages whose inputs are unchanged")
     push_flags = p.add_mutually_exclusive_group()
     push_flags.add_argument(
-        "--push", action="store_true", help="push to the Hub after verify passed"
+        "--push", action="store_const", const=True, help="push to the Hub after verify passed"
     )
     push_flags.add_argument(
-        "--no-push", action="store_true", help="do not push even if the recipe sets publish.push"
+        "--no-push",
+        dest="push",
+        action="store_const",
+        const=False,
+        help="do not push even if the recipe sets publish.push",
     )
     p.add_argument(
         "--create-pr",
@@ -627,13 +595,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_shard_size,
         help="bytes per output shard, e.g. 2B or 500M (default: the recipe's, 5B)",
     )
-    p.add_argument("--eval-suite", help="openllm-v1, leaderboard, nous or tiny")
+    p.add_argument("--eval-suite", choices=SUITES, help="overrides the recipe's eval suite")
     p.add_argument(
         "--eval-limit",
         type=_positive_number,
         help="samples per task (a partial run; below 1: a fraction of each task)",
     )
-    p.add_argument("--eval-backend", choices=["hf", "vllm"], help="lm-eval backend (vllm: GPU)")
+    p.add_argument("--eval-backend", choices=EVAL_BACKENDS, help="lm-eval backend (vllm: GPU)")
     p.add_argument("--templates", help="card templates directory")
     _add_jobs_flags(p)
     p.set_defaults(func=cmd_run)
@@ -645,13 +613,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--create-pr",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="push as a Hub pull request, or not (default: the run's publish.create_pr)",
+        help="push as a Hub pull request, or not (default: what the run recorded)",
     )
     p.add_argument(
         "--private",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="create the repo private (default: the run's publish.private)",
+        help="create the repo private (default: what the run recorded)",
     )
     p.add_argument("--revision", help="branch to commit to (default: main)")
     p.add_argument(

@@ -51,8 +51,9 @@ def run_demo(out: Path, log: Callable[[str], None] = print, on: str = "local") -
     """The demo; `on="hf-jobs"` runs the stages as Jobs of the local Hub (`publisher.jobs`)."""
     from publisher.hubserver import LocalHub, hub_client_env
     from publisher.parents import lock_parents, write_lock
-    from publisher.pipeline import DEFAULT_STAGES, RunOptions, run_pipeline
+    from publisher.pipeline import run_pipeline
     from publisher.recipe import load_recipe
+    from publisher.settings import Overrides, resolve_settings
     from publisher.tiny import build_tiny_parents
 
     out = Path(out).resolve()
@@ -85,11 +86,10 @@ def run_demo(out: Path, log: Callable[[str], None] = print, on: str = "local") -
             from publisher.jobs import JobOptions, run_on_jobs
 
             jobs = JobOptions(flavor="cpu-upgrade", push_flavor="cpu-basic", timeout="30m")
-            run_on_jobs(recipe, run_dir, RunOptions(push=True), jobs, log=log)
+            run_on_jobs(recipe, run_dir, Overrides(push=True), jobs, log=log)
         else:
-            run_pipeline(
-                recipe, run_dir, RunOptions(stages=(*DEFAULT_STAGES, "push"), push=True), log=log
-            )
+            settings = resolve_settings(recipe, Overrides(push=True))
+            run_pipeline(recipe, run_dir, settings, log=log)
         page = f"{hub.endpoint}/{recipe.repo_id}"
         log("")
         log(f"run directory: {run_dir}")

@@ -19,15 +19,17 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from huggingface_hub import EvalResult
 
 from publisher.errors import PublisherError
 from publisher.parallel import EvalParallelism
-from publisher.recipe import EvalSettings
 from publisher.recipe_paths import TASK_SUFFIXES, PathError, check_tasks, repository_root
+
+if TYPE_CHECKING:  # recipe validates suite names against SUITES: no import back at run time
+    from publisher.recipe import EvalSettings
 
 LM_EVAL_NAME = "lm-evaluation-harness"
 LM_EVAL_URL = "https://github.com/EleutherAI/lm-evaluation-harness"

@@ -54,7 +54,8 @@ class JobSpec:
         recipe: the recipe's path inside the bundle, e.g. `"recipes/tiny-demo-slerp.yaml"`.
         src: the directory inside the bundle that holds the `publisher` package, e.g. `"."`.
         staging: the private Hub repo holding bundles and records, e.g. `"me/publisher-jobs"`.
-        options: `RunOptions` fields from the command line (paths relative to the bundle).
+        options: `publisher.settings.Overrides` fields from the command line (paths relative
+            to the bundle).
         push: push after verify passed (finish job).
         record_only: the build failed: bring the record back, verify and push nothing.
     """
@@ -98,20 +99,21 @@ def build(spec: JobSpec) -> int:
     """Run plan → verify on the bundle; the run directory lands in the bucket. Exit 1 on failure
     (the manifest names the failed stage)."""
     from publisher.errors import PublisherError
-    from publisher.pipeline import DEFAULT_STAGES, RunOptions, run_pipeline
+    from publisher.pipeline import run_pipeline
     from publisher.recipe import load_recipe
+    from publisher.settings import Overrides, resolve_settings
 
     bundle = mount(BUNDLE_MOUNT)
     options = dict(spec.options)
     if options.get("templates_dir"):
-        options["templates_dir"] = bundle / options["templates_dir"]
-    run_options = RunOptions(
-        **options, device=_device(), stages=DEFAULT_STAGES, push=False, force=False
-    )
+        options["templates_dir"] = str(bundle / options["templates_dir"])
     run_dir = mount(OUT_MOUNT) / RUN_SUBDIR
-    _say(f"publisher build job: {spec.recipe} on {run_options.device}, run {spec.run_id}")
+    device = _device()
+    _say(f"publisher build job: {spec.recipe} on {device}, run {spec.run_id}")
     try:
-        run_pipeline(load_recipe(bundle / spec.recipe), run_dir, run_options, log=_say)
+        recipe = load_recipe(bundle / spec.recipe)
+        settings = resolve_settings(recipe, Overrides(**options, device=device, push=False))
+        run_pipeline(recipe, run_dir, settings, log=_say)
     except PublisherError as exc:
         _say(f"error: {exc}")
         return 1
@@ -166,6 +168,7 @@ def _verify_and_push(spec: JobSpec, work: Path) -> int:
     from publisher.recipe import load_recipe
     from publisher.rundir import RunDir
     from publisher.schedule import build_plan, write_plan
+    from publisher.settings import Overrides, resolve_settings
     from publisher.verify import verify_run
 
     bundle = mount(BUNDLE_MOUNT)
@@ -198,16 +201,11 @@ def _verify_and_push(spec: JobSpec, work: Path) -> int:
             _say(f"  {failure}")
         return 1
     if spec.push:
-        options = spec.options
-        create_pr = options.get("create_pr")
-        private = options.get("private")
-        result = push_run(
-            run.root,
-            repo_id=options.get("repo_id") or recipe.repo_id,
-            create_pr=recipe.publish.create_pr if create_pr is None else create_pr,
-            private=recipe.publish.private if private is None else private,
-            log=_say,
-        )
+        # Where to push comes from the trusted bundle's recipe and the command line, resolved
+        # here: never from the manifest the build job wrote.
+        given = {k: spec.options.get(k) for k in ("repo_id", "create_pr", "private")}
+        target = resolve_settings(recipe, Overrides(**given)).hub
+        result = push_run(run.root, **target.model_dump(), log=_say)
         manifest.data["push"] = result.as_dict()
         manifest.save()
     return 0

@@ -30,7 +30,7 @@ import signal
 import tempfile
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -38,9 +38,10 @@ from typing import Any
 import publisher
 from publisher.errors import PublisherError
 from publisher.jobrun import BUNDLE_MOUNT, OUT_MOUNT, RECORD_FILES, JobSpec
-from publisher.pipeline import RunOptions, hash_inputs, run_pipeline
+from publisher.pipeline import hash_inputs, run_pipeline
 from publisher.recipe import Recipe
 from publisher.report import Log, reporter
+from publisher.settings import Overrides, resolve_settings
 
 # A Python image with uv; the job installs the project's pinned dependencies into it (PyPI's
 # Linux torch wheels are CUDA builds). Pass --image for one that already has them.
@@ -185,14 +186,14 @@ class Bundle:
     digest: str
 
 
-def make_bundle(recipe: Recipe, options: RunOptions, dest: Path) -> Bundle:
+def make_bundle(recipe: Recipe, given: Overrides, dest: Path) -> Bundle:
     """Copy what the job needs into `dest`, keeping the paths' relative layout."""
     from publisher.card import DEFAULT_TEMPLATES_DIR
     from publisher.parents import resolve_parents
 
     package = Path(publisher.__file__).resolve().parent
     checkout = package.parent
-    templates = options.templates_dir or (
+    templates = given.templates_dir or (
         recipe.path.parent / recipe.publish.templates if recipe.publish.templates else None
     )
     paths = [package, DEFAULT_TEMPLATES_DIR, recipe.path]
@@ -236,12 +237,13 @@ def make_bundle(recipe: Recipe, options: RunOptions, dest: Path) -> Bundle:
 
 
 def run_on_jobs(
-    recipe: Recipe, run_dir: Path, options: RunOptions, job: JobOptions, log: Log = print
+    recipe: Recipe, run_dir: Path, given: Overrides, job: JobOptions, log: Log = print
 ) -> JobsRun:
     """`publisher run RECIPE --on hf-jobs`; raises a `JobsError` for each way it can fail."""
     from huggingface_hub import HfApi, Volume
 
     report = reporter(log)
+    settings = resolve_settings(recipe, given)  # a bad flag fails here, before any job
     token = require_token()
     report.mask(token)
     api = HfApi(token=token)
@@ -249,12 +251,13 @@ def run_on_jobs(
     check_flavors(api, job.flavor, job.push_flavor)
     namespace = job.namespace or _call(api.whoami)["name"]
     staging = f"{namespace}/{STAGING_NAME}"
-    run_pipeline(recipe, run_dir, _replace(options, stages=("plan",), push=False), log=report)
+    plan_only = resolve_settings(recipe, replace(given, stages="plan", push=False))
+    run_pipeline(recipe, run_dir, plan_only, log=report)
     run_id = (
         f"{recipe.path.stem[:40]}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
     )
     with tempfile.TemporaryDirectory(prefix="publisher-bundle-") as tmp:
-        bundle = make_bundle(recipe, options, Path(tmp))
+        bundle = make_bundle(recipe, given, Path(tmp))
         _call(api.create_repo, staging, private=True, exist_ok=True)
         commit = _call(
             api.upload_folder,
@@ -270,8 +273,8 @@ def run_on_jobs(
         recipe=bundle.recipe,
         src=bundle.src,
         staging=staging,
-        options=_job_options(options, bundle),
-        push=options.push,
+        options=_job_options(given, bundle),
+        push=settings.push,
     )
     bundle_volume = Volume(
         type="model",
@@ -292,7 +295,7 @@ def run_on_jobs(
 
     result = JobsRun(run_id=run_id, run_dir=Path(run_dir))
     env = {"PUBLISHER_JOB_SRC": bundle.src}
-    if (options.eval_backend or recipe.publish.eval.backend) == "vllm":
+    if settings.eval.backend == "vllm":
         env["PUBLISHER_JOB_EXTRA"] = "vllm"
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     with _cancel_on_signal(api, namespace, result) as running:
@@ -340,24 +343,19 @@ def run_on_jobs(
     return result
 
 
-def _job_options(options: RunOptions, bundle: Bundle) -> dict[str, Any]:
-    """The `RunOptions` fields the job honours, with paths made bundle-relative."""
+def _job_options(given: Overrides, bundle: Bundle) -> dict[str, Any]:
+    """The `Overrides` fields the job honours, with paths made bundle-relative: the job
+    resolves the settings again against the bundle's recipe."""
     return {
-        "eval_suite": options.eval_suite,
-        "eval_limit": options.eval_limit,
-        "eval_backend": options.eval_backend,
-        "templates_dir": bundle.templates if options.templates_dir else None,
-        "create_pr": options.create_pr,
-        "repo_id": options.repo_id,
-        "private": options.private,
-        "merge_overrides": dict(options.merge_overrides),
+        "eval_suite": given.eval_suite,
+        "eval_limit": given.eval_limit,
+        "eval_backend": given.eval_backend,
+        "templates_dir": bundle.templates if given.templates_dir else None,
+        "create_pr": given.create_pr,
+        "repo_id": given.repo_id,
+        "private": given.private,
+        "merge": dict(given.merge),
     }
-
-
-def _replace(options: RunOptions, **changes: Any) -> RunOptions:
-    from dataclasses import replace
-
-    return replace(options, **changes)
 
 
 def _follow(api: Any, job: Any, namespace: str, log: Log, tail: deque[str]) -> Any:

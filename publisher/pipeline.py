@@ -21,25 +21,22 @@ import os
 import platform
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from publisher.digests import sha256_file
 from publisher.errors import PublisherError
 from publisher.parents import ParentInfo, resolve_parents
-from publisher.recipe import EvalSettings, MergeSettings, Recipe
-from publisher.recipe_paths import TASK_SUFFIXES, chat_template_text
+from publisher.recipe import Recipe
+from publisher.recipe_paths import chat_template_text
 from publisher.report import Log, Reporter, reporter
 from publisher.rundir import RunDir
+from publisher.settings import DEFAULT_STAGES, STAGES, Settings, parse_stages
 
-SettingsT = TypeVar("SettingsT", EvalSettings, MergeSettings)
-
-STAGES = ("plan", "merge", "weights", "smoke", "eval", "card", "verify", "push")
-DEFAULT_STAGES = STAGES[:-1]
 TOOLS = ("publisher", "mergekit", "transformers", "torch", "huggingface_hub", "lm_eval", "jinja2")
 
 
@@ -49,41 +46,6 @@ class StageError(PublisherError):
     def __init__(self, stage: str, message: str):
         self.stage = stage
         super().__init__(f"stage '{stage}' failed: {message}")
-
-
-@dataclass
-class RunOptions:
-    """Flags of `publisher run` that change what the stages do.
-
-    Attributes:
-        device: `"cpu"` or `"cuda"`, e.g. `"cuda"` on a GPU runner.
-        stages: which stages to run, in pipeline order.
-        force: redo stages even when their inputs are unchanged.
-        eval_suite: overrides the recipe's eval suite, e.g. `"openllm-v1"`.
-        eval_limit: overrides the recipe's per-task sample limit, e.g. 100.
-        eval_backend: `"hf"` or `"vllm"`.
-        templates_dir: card templates to use instead of the recipe's or the default.
-        push: run the push stage after the others (the CLI sets it from --push, --no-push and
-            the recipe's `publish.push`).
-        create_pr: push as a Hub pull request; `None` follows the recipe's `publish.create_pr`.
-        repo_id: overrides the recipe's repo id for the push.
-        private: create the repo private.
-        merge_overrides: `publish.merge` fields set on the command line, e.g.
-            `{"out_shard_size": "2B"}`.
-    """
-
-    device: str = "cpu"
-    stages: tuple[str, ...] = DEFAULT_STAGES
-    force: bool = False
-    eval_suite: str | None = None
-    eval_limit: float | None = None
-    eval_backend: str | None = None
-    templates_dir: Path | None = None
-    push: bool = False
-    create_pr: bool | None = None
-    repo_id: str | None = None
-    private: bool | None = None
-    merge_overrides: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -129,7 +91,6 @@ def tool_versions() -> dict[str, str]:
 
 
 def hardware() -> dict[str, Any]:
-    import os
 
     info: dict[str, Any] = {
         "platform": platform.platform(),
@@ -196,7 +157,7 @@ class RunContext:
 
     recipe: Recipe
     run: RunDir
-    options: RunOptions
+    settings: Settings
     manifest: Manifest
     log: Reporter
     _parents: list[ParentInfo] | None = None
@@ -221,32 +182,6 @@ class RunContext:
     def dtypes(self) -> tuple[str | None, str | None]:
         """The recipe's mergekit `dtype` (what the parents are cast to) and `out_dtype`."""
         return self.recipe.merge.get("dtype"), self.recipe.merge.get("out_dtype")
-
-    def eval_settings(self) -> EvalSettings:
-        """The recipe's eval settings with the command line's overrides, validated again."""
-        updates: dict[str, Any] = {}
-        if self.options.eval_suite:
-            updates.update(suite=self.options.eval_suite, tasks=[])
-        if self.options.eval_limit is not None:
-            updates["limit"] = self.options.eval_limit
-        if self.options.eval_backend:
-            updates["backend"] = self.options.eval_backend
-        settings = _override("eval", self.recipe.publish.eval, updates)
-        # Task directories are relative to the recipe, like publish.templates.
-        recipe_dir = self.recipe.path.parent
-        # Absolute, links kept: evaluate checks again where each one really leads.
-        include = [
-            os.path.abspath(recipe_dir / Path(p).expanduser()) for p in settings.include_paths
-        ]
-        tasks = [
-            os.path.abspath(recipe_dir / t) if t.endswith(TASK_SUFFIXES) else t
-            for t in settings.tasks
-        ]
-        return settings.model_copy(update={"include_paths": include, "tasks": tasks})
-
-    def merge_settings(self) -> MergeSettings:
-        """The recipe's merge settings with the command line's overrides, validated again."""
-        return _override("merge", self.recipe.publish.merge, self.options.merge_overrides)
 
     def current(self, stage: str) -> bool:
         """Whether `stage` succeeded on the inputs it has now (its report can be trusted)."""
@@ -274,7 +209,7 @@ def _plan_inputs(ctx: RunContext) -> str:
 
 
 def _merge_inputs(ctx: RunContext) -> str:
-    settings = ctx.merge_settings().model_dump()
+    settings = ctx.settings.merge.model_dump()
     chat = ctx.recipe.publish.chat_template
     # a chat template file counts by its text: editing it merges again
     text = chat_template_text(chat, ctx.recipe.path.parent) if chat else None
@@ -290,7 +225,7 @@ def _smoke_inputs(ctx: RunContext) -> str:
 
 
 def _eval_inputs(ctx: RunContext) -> str:
-    settings = ctx.eval_settings()
+    settings = ctx.settings.eval
     # A custom task's YAML or data changing changes the results, so its directory is an input.
     task_dirs = [Path(p) for p in settings.include_paths if Path(p).is_dir()]
     # How the work spreads over GPUs does not change the results: not an input.
@@ -299,7 +234,7 @@ def _eval_inputs(ctx: RunContext) -> str:
 
 
 def _card_inputs(ctx: RunContext) -> str:
-    templates = _templates_dir(ctx)
+    templates = ctx.settings.templates_dir
     return hash_inputs(
         "card",
         ctx.run.plan,
@@ -332,14 +267,6 @@ def _push_inputs(ctx: RunContext) -> str:
     return hash_inputs("push", ctx.run.verify, ctx.run.card)
 
 
-def _templates_dir(ctx: RunContext) -> Path | None:
-    if ctx.options.templates_dir:
-        return Path(ctx.options.templates_dir).resolve()
-    if ctx.recipe.publish.templates:
-        return (ctx.recipe.path.parent / ctx.recipe.publish.templates).resolve()
-    return None
-
-
 def _stage_plan(ctx: RunContext) -> list[Path]:
     from publisher.schedule import build_plan, write_plan
 
@@ -365,9 +292,7 @@ def _stage_merge(ctx: RunContext) -> list[Path]:
             + ", ".join(unresolved)
             + f"; run 'publisher lock {ctx.recipe.path}' where the Hub is reachable",
         )
-    request = merge_request_for(
-        ctx.recipe, device=ctx.options.device, settings=ctx.merge_settings()
-    )
+    request = merge_request_for(ctx.recipe, settings=ctx.settings.merge)
     run_merge_stage(ctx.recipe, ctx.parents, ctx.parent_dirs, ctx.run.merged, request)
     # The weight check reproduces a CPU merge exactly and a GPU merge within a bound.
     ctx.manifest.data["merged_on"] = request.device
@@ -408,7 +333,7 @@ def _stage_smoke(ctx: RunContext) -> list[Path]:
         report = run_smoke(
             ctx.run.merged,
             ctx.recipe.publish.smoke,
-            device=ctx.options.device,
+            device=ctx.settings.device,
             run_dir=ctx.run.root,
         )
     except SmokeError as exc:
@@ -424,7 +349,7 @@ def _stage_smoke(ctx: RunContext) -> list[Path]:
 def _stage_eval(ctx: RunContext) -> list[Path]:
     from publisher.evaluate import run_eval
 
-    settings = ctx.eval_settings()
+    settings = ctx.settings.eval
     if not settings.tasks and not settings.suite:
         ctx.log("  no eval suite or tasks configured: nothing to evaluate")
         if ctx.run.eval_results.exists():
@@ -444,7 +369,7 @@ def _stage_eval(ctx: RunContext) -> list[Path]:
         ctx.run.merged,
         settings,
         ctx.run.eval_dir,
-        device=ctx.options.device,
+        device=ctx.settings.device,
         dtype=settings.dtype,
         backend=settings.backend,
         parallel=parallel,
@@ -468,7 +393,7 @@ def card_inputs_for(ctx: RunContext):
     summary = eval_results = None
     if ctx.current("eval") and ctx.run.eval_results.exists():
         results = json.loads(ctx.run.eval_results.read_text(encoding="utf-8"))
-        summary = summarize(results, ctx.eval_settings().suite)
+        summary = summarize(results, ctx.settings.eval.suite)
         eval_results = to_eval_results(summary, ctx.recipe.repo_id)
     model = read_model_facts(ctx.run.merged) if ctx.current("merge") else None
     weights = (
@@ -491,7 +416,7 @@ def _stage_card(ctx: RunContext) -> list[Path]:
     from publisher.card import operator_notes, write_card
 
     inputs = card_inputs_for(ctx)
-    path = write_card(inputs, ctx.run.root, templates_dir=_templates_dir(ctx))
+    path = write_card(inputs, ctx.run.root, templates_dir=_path_or_none(ctx.settings.templates_dir))
     for note in operator_notes(inputs):
         ctx.log(f"  note: {note}")
     return [path, ctx.run.card_data, ctx.run.image]
@@ -510,7 +435,6 @@ def _stage_verify(ctx: RunContext) -> list[Path]:
         weights=weights,
         expect_smoke=ctx.current("smoke"),
         expect_eval=ctx.current("eval"),
-        templates_dir=_templates_dir(ctx),
     )
     report.write(ctx.run.verify)
     checked = len(report.weights.tensors)
@@ -531,15 +455,7 @@ def _stage_push(ctx: RunContext) -> list[Path]:
         raise StageError(
             "push", "verify has not passed on the current run directory; nothing was pushed"
         )
-    result = push_run(
-        ctx.run.root,
-        repo_id=ctx.options.repo_id or ctx.recipe.repo_id,
-        create_pr=(
-            ctx.recipe.publish.create_pr if ctx.options.create_pr is None else ctx.options.create_pr
-        ),
-        private=ctx.recipe.publish.private if ctx.options.private is None else ctx.options.private,
-        log=ctx.log,
-    )
+    result = push_run(ctx.run.root, **ctx.settings.hub.model_dump(), log=ctx.log)
     ctx.manifest.data["push"] = result.as_dict()
     ctx.manifest.save()
     return []
@@ -576,39 +492,8 @@ STAGE_NEEDS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _override(what: str, settings: SettingsT, updates: dict[str, Any]) -> SettingsT:
-    # model_copy(update=...) skips validation; a bad flag must fail here, not inside mergekit
-    # or lm-eval.
-    from pydantic import ValidationError
-
-    if not updates:
-        return settings
-    try:
-        return type(settings).model_validate({**settings.model_dump(), **updates})
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
-        raise StageError("run", f"invalid {what} option: {problems}") from None
-
-
-def parse_stages(text: str | Iterable[str] | None) -> tuple[str, ...]:
-    """`"merge,smoke"` → stages in pipeline order; unknown names or none at all are an error."""
-    if text is None:
-        return DEFAULT_STAGES
-    names = [s.strip() for s in (text.split(",") if isinstance(text, str) else text) if s.strip()]
-    unknown = [n for n in names if n not in STAGES]
-    if unknown:
-        raise StageError(
-            "run", f"unknown stage(s) {', '.join(unknown)}; stages are {', '.join(STAGES)}"
-        )
-    if not names:
-        raise StageError("run", f"no stage given; stages are {', '.join(STAGES)}")
-    return tuple(s for s in STAGES if s in names)
-
-
 def run_pipeline(
-    recipe: Recipe, run_dir: Path, options: RunOptions, log: Log = print
+    recipe: Recipe, run_dir: Path, settings: Settings, log: Log = print
 ) -> list[StageResult]:
     """Run the chosen stages in order; raise `StageError` at the first failure.
 
@@ -621,21 +506,16 @@ def run_pipeline(
         {
             "recipe": str(recipe.path),
             "recipe_sha256": recipe.sha256,
-            "repo_id": recipe.repo_id,
+            "repo_id": settings.hub.repo_id,
             "tool_versions": tool_versions(),
             "hardware": hardware(),
-            "options": {
-                k: (str(v) if isinstance(v, Path) else v) for k, v in options.__dict__.items()
-            },
+            "settings": settings.model_dump(mode="json"),
         }
     )
+    manifest.data.pop("options", None)  # what runs before settings were recorded wrote
     manifest.save()
-    ctx = RunContext(recipe=recipe, run=run, options=options, manifest=manifest, log=report)
-    stages = list(options.stages)
-    # `options.push` alone decides: the CLI has already weighed the recipe's publish.push
-    # against --push/--no-push and hand-picked --stages.
-    if options.push and "push" not in stages:
-        stages.append("push")
+    ctx = RunContext(recipe=recipe, run=run, settings=settings, manifest=manifest, log=report)
+    stages = list(settings.stages)
     results: list[StageResult] = []
     for number, stage in enumerate(stages, start=1):
         for need in STAGE_NEEDS.get(stage, ()):
@@ -649,7 +529,7 @@ def run_pipeline(
             input_hash = STAGE_INPUTS[stage](ctx)
         except Exception as exc:
             raise _as_stage_error(stage, exc) from None
-        if not options.force and stage != "push" and manifest.is_current(stage, input_hash):
+        if not settings.force and stage != "push" and manifest.is_current(stage, input_hash):
             report(f"[{number}/{len(stages)}] {stage}: unchanged, skipped")
             rec = manifest.record(stage)
             assert rec is not None
@@ -725,4 +605,8 @@ def stage_table(manifest_path: Path) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["RunOptions", "StageError", "parse_stages", "run_pipeline"]
+def _path_or_none(path: str | None) -> Path | None:
+    return Path(path) if path else None
+
+
+__all__ = ["STAGES", "StageError", "parse_stages", "run_pipeline"]

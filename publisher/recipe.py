@@ -22,7 +22,6 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from publisher.recipe_rules import check_config, check_paths, check_publish
 from publisher.recipe_schema import (
-    EVAL_SUITES,
     KNOWN_DTYPES,
     MUST_BE,
     PUBLISH_KEY,
@@ -48,7 +47,6 @@ from publisher.recipe_yaml import (
 )
 
 __all__ = [
-    "EVAL_SUITES",
     "KNOWN_DTYPES",
     "EvalSettings",
     "MergeSettings",

@@ -22,12 +22,13 @@ UNMATCHED = "\x00"
 def check_publish(publish: Any, at: At) -> list[Any]:
     """Rules on the publish settings that their models leave to the caller (the eval stage
     takes settings from the command line too, and says the same there)."""
-    from publisher.recipe_schema import EVAL_SUITES, closest
+    from publisher.evaluate import SUITES
+    from publisher.recipe_schema import closest
 
     problems = []
     suite = publish.eval.suite
-    if suite is not None and suite not in EVAL_SUITES:
-        hint = closest(suite, list(EVAL_SUITES), " Known suites: " + ", ".join(EVAL_SUITES))
+    if suite is not None and suite not in SUITES:
+        hint = closest(suite, list(SUITES), " Known suites: " + ", ".join(SUITES))
         problems.append(at(("publish", "eval", "suite"), f"unknown eval suite '{suite}'.{hint}"))
     if (chat := publish.chat_template) is not None and (why := _chat_template_problem(chat)):
         problems.append(at(("publish", "chat_template"), why))

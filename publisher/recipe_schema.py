@@ -34,7 +34,6 @@ from publisher.licenses import HUB_LICENSES
 PUBLISH_KEY = "publish"
 KNOWN_DTYPES = ("float32", "float16", "bfloat16", "float64")
 REPO_ID_RE = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
-EVAL_SUITES = ("openllm-v1", "leaderboard", "nous", "tiny")
 # What a parameter such as `t` may be (mergekit's `ParameterSetting`), said once for every message.
 SETTING_FORMS = (
     "a number in [0, 1], a list of numbers (anchors), or a list of {filter, value} entries"

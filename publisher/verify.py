@@ -23,6 +23,7 @@ from typing import Any
 
 from publisher.errors import PublisherError
 from publisher.schedule import Plan
+from publisher.settings import read_settings
 from publisher.weights import WeightReport, check_weights
 
 
@@ -65,7 +66,8 @@ def verify_run(
     templates_dir: Path | None = None,
 ) -> VerifyReport:
     """Check a run directory before publishing: weights against the plan, card against reports
-    (`publisher.cardcheck`; `templates_dir` is the card stage's, `None` for the default).
+    (`publisher.cardcheck`). The eval suite and card templates are the ones the run's
+    `manifest.json` records; `templates_dir` overrides the latter.
 
     `weights` is the weight check's report for the weights as they are now (the pipeline's
     `weights` stage); without it the check runs here, with the `dtype` and `out_dtype` of the
@@ -97,12 +99,11 @@ def verify_run(
             if expect_eval and run.eval_results.exists()
             else None
         )
-        suite = None
-        manifest = run.manifest
-        if manifest.exists():
-            suite = (json.loads(manifest.read_text()).get("options") or {}).get("eval_suite")
-        if suite is None:
-            suite = ((recipe.get("publish") or {}).get("eval") or {}).get("suite")
+        # The suite and templates the run resolved (recipe or flags), as the manifest records.
+        settings = read_settings(run.manifest)
+        suite = settings.eval.suite if settings else None
+        if templates_dir is None and settings and settings.templates_dir:
+            templates_dir = Path(settings.templates_dir)
         card_checks = check_card(run, plan, smoke, results, suite, templates_dir, weights)
         failures += [
             f"card: {c['what']}: expected {c['expected']}, found {c['found']}"

@@ -451,6 +451,21 @@ def test_no_create_pr_overrides_the_recipes_create_pr(tiny_run, local_hub, copy_
     assert api.list_repo_refs(REPO, include_pull_requests=True).pull_requests == []
 
 
+def test_push_command_follows_the_settings_the_run_recorded(
+    tiny_run, local_hub, copy_run, tmp_path
+):
+    recipe, run_dir = _pushed_recipe(tiny_run, copy_run, tmp_path, "  create_pr: true\n")
+    assert main(["run", str(recipe), "--out", str(run_dir), "--no-push"]) == 0
+    # The run directory's recipe copy is not what decides: the manifest's settings are.
+    (run_dir / "recipe.yaml").write_text("not: a recipe\n")
+    assert main(["push", str(run_dir)]) == 0  # no --repo-id, no --create-pr
+    api = HfApi()
+    assert len(api.list_repo_refs(REPO, include_pull_requests=True).pull_requests) == 1
+    assert "model.safetensors" not in api.list_repo_files(REPO)  # main untouched
+    assert main(["push", str(run_dir), "--no-create-pr"]) == 0  # a flag wins over the record
+    assert "model.safetensors" in api.list_repo_files(REPO)
+
+
 def test_retries_wait_as_long_as_retry_after_says(monkeypatch):
     import requests as http
 

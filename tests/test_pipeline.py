@@ -208,7 +208,7 @@ def test_merge_flags_override_the_recipe_and_void_the_last_verify(finished_run, 
     assert len(shards) > 1 and (run / "merged" / "model.safetensors.index.json").exists()
     assert all(shard.stat().st_size <= 200_000 * 1.1 for shard in shards)
     manifest = json.loads((run / "manifest.json").read_text())
-    assert manifest["options"]["merge_overrides"] == {"out_shard_size": "200K"}
+    assert manifest["settings"]["merge"]["out_shard_size"] == "200K"
     # The weights changed hands after the last verify: its pass no longer counts.
     assert not (run / "verify.json").exists()
     capsys.readouterr()
@@ -279,8 +279,9 @@ def test_stages_report_through_the_reporter_they_are_handed(finished_run, tmp_pa
     # Grouping reaches the pipeline through its `log`, never through an import of the shells.
     from contextlib import contextmanager
 
-    from publisher.pipeline import RunOptions, run_pipeline
+    from publisher.pipeline import run_pipeline
     from publisher.recipe import load_recipe
+    from publisher.settings import Overrides, resolve_settings
 
     class Recording:
         def __init__(self):
@@ -300,7 +301,9 @@ def test_stages_report_through_the_reporter_they_are_handed(finished_run, tmp_pa
 
     recipe, _, _ = finished_run
     recording = Recording()
-    run_pipeline(load_recipe(recipe), tmp_path / "run", RunOptions(stages=("plan",)), recording)
+    loaded = load_recipe(recipe)
+    settings = resolve_settings(loaded, Overrides(stages="plan"))
+    run_pipeline(loaded, tmp_path / "run", settings, recording)
     assert recording.groups == ["plan"]
     assert "[1/1] plan ..." in recording.lines
 

@@ -95,9 +95,9 @@ def test_publish_triggers_and_inputs() -> None:
     assert inputs["recipe"]["required"] is True
     assert inputs["push"]["type"] == "boolean" and inputs["push"]["default"] is False
     assert inputs["create_pr"]["type"] == "boolean"
-    from publisher.recipe import EVAL_SUITES
+    from publisher.evaluate import SUITES
 
-    assert set(inputs["eval_suite"]["options"]) == {"", *EVAL_SUITES}
+    assert set(inputs["eval_suite"]["options"]) == {"", *SUITES}
 
 
 def test_ci_runs_tests_and_linters() -> None:
