@@ -5,19 +5,26 @@ if needed, compares what is there with what would be sent (LFS files by sha256, 
 blob id), and, when anything differs, uploads the missing LFS objects and makes **one** commit
 holding weights, tokenizer, card, schedule image, reports, recipe, lock and manifest. The commit
 passes `parent_commit`, so it never overwrites a commit it has not seen; `create_pr` opens a Hub
-pull request instead and leaves `main` untouched. Calls that are safe to repeat are retried with
-backoff on 429, 5xx and dropped connections. The token comes from huggingface_hub (`HF_TOKEN`,
+pull request instead and leaves `main` untouched.
+
+Retries are one policy over huggingface_hub's own: the library already retries what it sends
+with `http_backoff` (LFS batch and uploads, preupload, downloads), so `with_retries` covers only
+what it sends once (metadata reads, repo creation, the commit), and a request hook stops the
+library's retry loop after `UPLOAD_ATTEMPTS` sends of one LFS object. A permanent failure then
+costs at most twice the upload, not the product of the layers. The token comes from
+huggingface_hub (`HF_TOKEN`,
 the saved login, or the Trusted Publishers exchange when `HF_OIDC_RESOURCE` is set) and is never
 printed or written.
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
+import threading
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,12 +44,18 @@ from publisher.rundir import RunDir
 from publisher.upload import REPORTS_DIR, UploadRefused, check_upload, scan_secrets
 
 T = TypeVar("T")
+E = TypeVar("E", bound=BaseException)
 
-RETRY_STATUS = {429, 500, 502, 503, 504}
+RETRY_STATUS = {408, 429, 500, 502, 503, 504}  # huggingface_hub's http_backoff's
 RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)
 RETRY_AFTER_CAP = 60.0
+# Sends of one LFS object per push, the library's own retries included.
+UPLOAD_ATTEMPTS = 2
 # Files that differ on every run (timings, statuses) without the published content changing.
 VOLATILE = {f"{REPORTS_DIR}/manifest.json"}
+# Files a run owns, as upload_folder's delete_patterns: stale weight shards of an earlier push
+# are deleted, a user's other files kept.
+DELETE_PATTERNS = ["*.safetensors", "model.safetensors.index.json"]
 
 
 class HubError(PublisherError):
@@ -80,31 +93,33 @@ class PushResult:
 
 
 def _status_of(exc: BaseException) -> int | None:
-    response = getattr(exc, "response", None)
-    return getattr(response, "status_code", None)
+    from huggingface_hub.errors import HfHubHTTPError
+
+    return exc.response.status_code if isinstance(exc, HfHubHTTPError) else None
 
 
 def _is_transient(exc: BaseException) -> bool:
+    """429, 5xx, or the connection failed (httpx's transport errors: dropped, timed out)."""
+    import httpx2
+
     status = _status_of(exc)
     if status is not None:
         return status in RETRY_STATUS
-    name = type(exc).__name__
-    transient_names = (
-        "ConnectionError",
-        "ConnectError",
-        "RemoteProtocolError",
-        "ReadError",
-        "ReadTimeout",
-        "ConnectTimeout",
-        "Timeout",
-        "ProtocolError",
-        "ChunkedEncodingError",
-        "WriteError",
-    )
-    if isinstance(exc, (ConnectionError, TimeoutError)) or name in transient_names:
+    if isinstance(exc, (httpx2.TransportError, ConnectionError, TimeoutError)):
         return True
     cause = exc.__cause__ or exc.__context__
     return cause is not None and cause is not exc and _is_transient(cause)
+
+
+def _caused_by(exc: BaseException | None, kind: type[E]) -> E | None:
+    """`exc` or the first exception in its cause chain that is a `kind`."""
+    seen: list[BaseException] = []
+    while exc is not None and exc not in seen:
+        if isinstance(exc, kind):
+            return exc
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _retry_after(exc: BaseException) -> float | None:
@@ -126,8 +141,9 @@ def with_retries(
 ) -> T:
     """Run `call`, retrying transient failures (429, 5xx, dropped connections) with backoff.
 
-    Only for calls that are safe to repeat: reads, repo creation with `exist_ok`, uploads of
-    content-addressed LFS objects, and commits guarded by `parent_commit`. For a call that is
+    Only for calls that huggingface_hub sends once (it retries the others itself) and that are
+    safe to repeat: reads, repo creation with `exist_ok`, and commits guarded by
+    `parent_commit`. For a call that is
     not (opening a Hub pull request), `succeeded` looks for its effect after a failure: when it
     returns a value, the first attempt landed although its answer was lost, and that value is
     returned instead of trying again. `delays` defaults to `RETRY_DELAYS`.
@@ -178,22 +194,13 @@ def fetch_parents(
         repo_id = parent.ref.partition("@")[0]
         # Refused from the lock's config alone before anything is listed or downloaded.
         check_remote_code(recipe, parent.ref, {"config.json": parent.config})
-        files = with_retries(
-            f"list {repo_id}",
-            lambda repo_id=repo_id, parent=parent: HfApi().list_repo_files(
-                repo_id, revision=parent.revision
-            ),
-            log,
-        )
+        # Listing and downloads: huggingface_hub retries these itself (http_backoff).
+        files = HfApi().list_repo_files(repo_id, revision=parent.revision)
 
         def read_index(name: str, repo_id: str = repo_id, parent: ParentInfo = parent) -> Any:
             from huggingface_hub import hf_hub_download
 
-            local = with_retries(
-                f"download {repo_id}/{name}",
-                lambda: hf_hub_download(repo_id, name, revision=parent.revision),
-                log,
-            )
+            local = hf_hub_download(repo_id, name, revision=parent.revision)
             try:
                 return json.loads(Path(local).read_text(encoding="utf-8"))
             except ValueError as exc:
@@ -205,13 +212,7 @@ def fetch_parents(
             f"  downloading {repo_id}@{parent.revision[:12]} ({len(wanted)} files: config, "
             "tokenizer, weights)"
         )
-        path = with_retries(
-            f"download {repo_id}",
-            lambda repo_id=repo_id, parent=parent, wanted=wanted: snapshot_download(
-                repo_id, revision=parent.revision, allow_patterns=wanted
-            ),
-            log,
-        )
+        path = snapshot_download(repo_id, revision=parent.revision, allow_patterns=wanted)
         # The snapshot holds what the merge reads: check it as a local parent is checked.
         dirs[parent.ref] = check_parent_dir(recipe, parent.ref, Path(path))
     return dirs
@@ -219,11 +220,6 @@ def fetch_parents(
 
 # ---------------------------------------------------------------------------------------------
 # push
-
-
-def git_blob_sha1(data: bytes) -> str:
-    """The id git (and the Hub) gives a regular file's content."""
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()  # noqa: S324 (git's id)
 
 
 def run_files(run_dir: Path) -> dict[str, Path]:
@@ -258,32 +254,77 @@ def run_files(run_dir: Path) -> dict[str, Path]:
     return files
 
 
-def _remote_files(api, repo_id: str, revision: str, log) -> dict[str, Any]:
+def _remote_files(api: Any, repo_id: str, revision: str) -> dict[str, Any]:
+    """`path -> RepoFile` on `revision` (empty for a new repo); the library retries the listing."""
+    from huggingface_hub import RepoFile
     from huggingface_hub.errors import EntryNotFoundError, RevisionNotFoundError
 
-    def listing():
-        try:
-            return [
-                e
-                for e in api.list_repo_tree(repo_id, revision=revision, recursive=True)
-                if getattr(e, "blob_id", None) is not None or hasattr(e, "size")
-            ]
-        except (EntryNotFoundError, RevisionNotFoundError):
-            return []
+    try:
+        tree = list(api.list_repo_tree(repo_id, revision=revision, recursive=True))
+    except (EntryNotFoundError, RevisionNotFoundError):
+        return {}
+    return {e.path: e for e in tree if isinstance(e, RepoFile)}
 
-    return {
-        e.path: e
-        for e in with_retries("list repo files", listing, log)
-        if type(e).__name__ == "RepoFile"
+
+def _matches(entry: Any, local: Path, local_sha256: str) -> bool:
+    """Whether the Hub's file holds the local bytes: LFS by sha256, others by git blob id."""
+    from huggingface_hub.utils.sha import git_hash
+
+    if entry.lfs is not None:
+        return entry.lfs.sha256 == local_sha256
+    return entry.blob_id == git_hash(local.read_bytes())
+
+
+@dataclass
+class _UploadBudget:
+    """Counts the LFS uploads (PUTs) huggingface_hub sends and refuses one more than `limit`
+    sends of one object, which ends the library's own retry loop (`http_backoff` retries only
+    network errors and retryable statuses, not this)."""
+
+    limit: int
+    sent: dict[str, int] = field(default_factory=dict)
+    stored: set[str] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def on_request(self, request: Any) -> None:
+        if request.method != "PUT":
+            return
+        url = str(request.url)
+        with self.lock:
+            self.sent[url] = self.sent.get(url, 0) + 1
+            if self.sent[url] > self.limit:
+                raise _UploadsSpent(url, self.limit)
+
+    def on_response(self, response: Any) -> None:
+        if response.request.method == "PUT" and response.status_code < 300:
+            with self.lock:
+                self.stored.add(str(response.request.url))
+
+
+class _UploadsSpent(Exception):
+    def __init__(self, url: str, limit: int):
+        super().__init__(f"the upload to {url} failed {limit} times")
+
+
+@contextlib.contextmanager
+def _bounded_uploads(limit: int) -> Iterator[_UploadBudget]:
+    """huggingface_hub's shared HTTP client, with the `_UploadBudget` hooked in for the block."""
+    from huggingface_hub.utils import get_session
+
+    budget = _UploadBudget(limit)
+    session = get_session()
+    hooks = session.event_hooks
+    session.event_hooks = {
+        "request": [*hooks.get("request", []), budget.on_request],
+        "response": [*hooks.get("response", []), budget.on_response],
     }
-
-
-def _matches(entry: Any, local: Path, local_sha256: str | None) -> bool:
-    lfs = getattr(entry, "lfs", None)
-    if lfs is not None:
-        sha = getattr(lfs, "sha256", None) or (lfs.get("sha256") if isinstance(lfs, dict) else None)
-        return sha == local_sha256
-    return entry.blob_id == git_blob_sha1(local.read_bytes())
+    try:
+        yield budget
+    finally:
+        session.event_hooks = {
+            kind: [h for h in hs if h not in (budget.on_request, budget.on_response)]
+            for kind, hs in session.event_hooks.items()
+        }
 
 
 def check_push(run_dir: Path) -> dict[str, Path]:
@@ -353,6 +394,7 @@ def push_run(
     """Publish a verified run directory to `repo_id` in one commit (see the module docstring)."""
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, get_token
     from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.utils import filter_repo_objects
 
     if "/" not in repo_id:
         raise HubError(
@@ -389,7 +431,7 @@ def push_run(
             )
         )
         head = with_retries("read repo", lambda: api.model_info(repo_id, revision=branch), log).sha
-        remote = _remote_files(api, repo_id, branch, log)
+        remote = _remote_files(api, repo_id, branch)
     except HfHubHTTPError as exc:
         raise HubError(_http_message(exc, repo_id)) from None
 
@@ -399,9 +441,14 @@ def push_run(
         for name, path in files.items()
         if name not in remote or not _matches(remote[name], path, local_sha[name])
     ]
-    stale = [name for name in remote if name not in files and _managed(name)]
+    stale = [
+        name
+        for name in filter_repo_objects(remote, allow_patterns=DELETE_PATTERNS)
+        if name not in files
+    ]
+    # What the library lacks: the manifest (timings, statuses) differs on every run, so a run
+    # whose published content is unchanged makes no commit at all.
     if not [n for n in changed if n not in VOLATILE] and not stale:
-        # Only the manifest (timings, statuses) differs: the published content is the same.
         log(f"  {repo_id}@{branch} already holds this run ({head[:12]}): nothing to push")
         return PushResult(repo_id, repo_url, head, None, False, 0, 0)
 
@@ -419,48 +466,41 @@ def push_run(
     recipe_sha = str(manifest.get("recipe_sha256") or "")
     recipe_name = Path(str(manifest["recipe"])).name if manifest.get("recipe") else "run"
     message = f"publisher: {recipe_name} (recipe sha256 {recipe_sha[:12] or 'unknown'})"
-    operations: list[Any] = [
-        CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(files[name])) for name in changed
-    ]
-    operations += [CommitOperationDelete(path_in_repo=name) for name in stale]
-    additions = [op for op in operations if isinstance(op, CommitOperationAdd)]
     log(
         f"  pushing {len(changed)} changed file(s), deleting {len(stale)} stale, to {repo_id}"
         f"{' as a pull request' if create_pr else ''}"
     )
     try:
-        # LFS objects are content-addressed: uploading them again is harmless, so retry freely.
-        with_retries(
-            "upload LFS files",
-            lambda: api.preupload_lfs_files(repo_id, additions=additions, revision=branch),
-            log,
-        )
-        uploaded = sum(
-            1
-            for op in additions
-            if getattr(op, "_upload_mode", None) == "lfs"
-            and not getattr(op, "_should_ignore", False)
-        )
+        with _bounded_uploads(UPLOAD_ATTEMPTS) as uploads:
+            # Every file goes in: create_commit leaves out the ones the Hub already holds.
+            additions = [
+                CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path))
+                for name, path in files.items()
+            ]
+            deletions = [CommitOperationDelete(path_in_repo=name) for name in stale]
+            # LFS objects go up first, with the library's own retries (bounded by `uploads`),
+            # so that a retried commit below sends no weights again.
+            api.preupload_lfs_files(repo_id, additions=additions, revision=branch)
 
-        def commit() -> tuple[str, str | None]:
-            # parent_commit guards a direct commit against overwriting one it has not seen;
-            # with create_pr the pull request is opened from that commit, the one compared.
-            info = api.create_commit(
-                repo_id,
-                operations=operations,
-                commit_message=message,
-                commit_description=_commit_description(files, run),
-                revision=branch,
-                parent_commit=head,
-                create_pr=create_pr,
+            def commit() -> tuple[str, str | None]:
+                # parent_commit guards a direct commit against overwriting one it has not
+                # seen; with create_pr the pull request is opened from that commit.
+                info = api.create_commit(
+                    repo_id,
+                    operations=[*additions, *deletions],
+                    commit_message=message,
+                    commit_description=_commit_description(files, run),
+                    revision=branch,
+                    parent_commit=head,
+                    create_pr=create_pr,
+                )
+                return info.oid, info.pr_url
+
+            # Opening a pull request is not idempotent: before retrying, look for the one the
+            # failed attempt may have opened. A direct commit is guarded by parent_commit.
+            commit_sha, pr_url = with_retries(
+                "commit", commit, log, succeeded=open_pr_holding_run if create_pr else None
             )
-            return getattr(info, "oid", None) or "", getattr(info, "pr_url", None)
-
-        # Opening a pull request is not idempotent: before retrying, look for the one the
-        # failed attempt may have opened. A direct commit is guarded by parent_commit instead.
-        commit_sha, pr_url = with_retries(
-            "commit", commit, log, succeeded=open_pr_holding_run if create_pr else None
-        )
     except HfHubHTTPError as exc:
         if _status_of(exc) in (409, 412) and not create_pr:
             # A retried commit whose first attempt landed (its answer was lost) also meets a
@@ -468,7 +508,7 @@ def push_run(
             landed = _landed(api, repo_id, branch, files, local_sha, log)
             if landed is not None:
                 log(f"  the commit had landed before the connection dropped: {landed[:12]}")
-                return PushResult(repo_id, repo_url, landed, None, True, len(operations), 0)
+                return PushResult(repo_id, repo_url, landed, None, True, len(changed), 0)
             raise HubError(
                 f"{repo_id}@{branch} changed while pushing (someone else committed); "
                 "the repo was left as it was. Run the push again to publish on top of "
@@ -476,6 +516,14 @@ def push_run(
             ) from None
         raise HubError(_http_message(exc, repo_id) + "; the repo was left as it was") from None
     except Exception as exc:
+        # huggingface_hub reports a failed LFS upload as a RuntimeError caused by the real one.
+        if (spent := _caused_by(exc, _UploadsSpent)) is not None:
+            raise HubError(
+                f"the Hub did not take the weights ({spent}); the commit is all-or-nothing, so "
+                "the repo is unchanged: check https://status.huggingface.co and push again later"
+            ) from None
+        if (http := _caused_by(exc, HfHubHTTPError)) is not None:
+            raise HubError(_http_message(http, repo_id) + "; the repo was left as it was") from None
         if _is_transient(exc):
             raise HubError(
                 f"the Hub did not answer ({type(exc).__name__}) after retries; the "
@@ -484,7 +532,9 @@ def push_run(
             ) from None
         raise
     log(f"  committed {commit_sha[:12]}" + (f", pull request {pr_url}" if pr_url else ""))
-    return PushResult(repo_id, repo_url, commit_sha, pr_url, True, len(operations), uploaded)
+    return PushResult(
+        repo_id, repo_url, commit_sha, pr_url, True, len(changed) + len(stale), len(uploads.stored)
+    )
 
 
 def _landed(
@@ -497,7 +547,7 @@ def _landed(
 ) -> str | None:
     """The head commit if `branch` now holds exactly `files`, else None."""
     head = with_retries("read repo", lambda: api.model_info(repo_id, revision=branch), log).sha
-    remote = _remote_files(api, repo_id, branch, log)
+    remote = _remote_files(api, repo_id, branch)
     differs = [
         name
         for name, path in files.items()
@@ -537,11 +587,6 @@ def _unpinned_parents(run: RunDir) -> list[str]:
     if not run.plan.exists():
         return ["(no plan.json)"]
     return [p.ref for p in Plan.read(run.plan).parents if not (p.resolved and p.revision)]
-
-
-def _managed(name: str) -> bool:
-    # Files a run owns: stale weight shards from an earlier push are removed, user files kept.
-    return name.endswith(".safetensors") or name == "model.safetensors.index.json"
 
 
 def _commit_description(files: dict[str, Path], run: RunDir) -> str:

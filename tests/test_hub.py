@@ -467,7 +467,8 @@ def test_push_command_follows_the_settings_the_run_recorded(
 
 
 def test_retries_wait_as_long_as_retry_after_says(monkeypatch):
-    import requests as http
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError
 
     sleeps: list[float] = []
     monkeypatch.setattr(hub_module.time, "sleep", sleeps.append)
@@ -477,10 +478,12 @@ def test_retries_wait_as_long_as_retry_after_says(monkeypatch):
         status = next(answers)
         if status == 200:
             return "done"
-        response = http.Response()
-        response.status_code = status
-        response.headers["Retry-After"] = "7" if status == 429 else "999"
-        raise http.HTTPError(response=response)
+        response = httpx2.Response(
+            status,
+            headers={"Retry-After": "7" if status == 429 else "999"},
+            request=httpx2.Request("GET", "http://hub.invalid/api/models/x"),
+        )
+        raise HfHubHTTPError(f"HTTP {status}", response=response)
 
     assert hub_module.with_retries("read", call, log=quiet, delays=(1.0, 2.0)) == "done"
     assert sleeps == [7.0, hub_module.RETRY_AFTER_CAP]
@@ -520,3 +523,40 @@ def test_card_that_is_not_utf8_is_refused_plainly(tiny_run, local_hub, copy_run)
     with pytest.raises(HubError, match="is not UTF-8 text"):
         push_run(run_dir, REPO, log=quiet)
     assert not HfApi().repo_exists(REPO)
+
+
+def test_stale_shards_are_deleted_and_other_files_kept(tiny_run, local_hub):
+    from huggingface_hub import CommitOperationAdd
+
+    _, run_dir, _ = tiny_run
+    push_run(run_dir, REPO, log=quiet)
+    api = HfApi()
+    # An earlier push sharded the weights; a person added notes of their own.
+    api.create_commit(
+        REPO,
+        operations=[
+            CommitOperationAdd("model-00002-of-00002.safetensors", b"old shard bytes"),
+            CommitOperationAdd("model.safetensors.index.json", b'{"weight_map": {}}'),
+            CommitOperationAdd("NOTES.md", b"kept\n"),
+        ],
+        commit_message="an earlier, sharded push",
+    )
+    result = push_run(run_dir, REPO, log=quiet)
+    assert result.changed
+    files = set(api.list_repo_files(REPO))
+    assert "model-00002-of-00002.safetensors" not in files
+    assert "model.safetensors.index.json" not in files
+    assert {"model.safetensors", "NOTES.md"} <= files
+
+
+def test_a_permanent_upload_failure_sends_each_file_at_most_twice(tiny_run, local_hub):
+    # huggingface_hub retries an upload itself; publisher must not multiply that by its own.
+    _, run_dir, _ = tiny_run
+    local_hub.faults.add("PUT", r"/info/lfs/objects/", "500", times=0)  # every upload, forever
+    with pytest.raises(HubError, match="did not take the weights"):
+        push_run(run_dir, REPO, log=quiet)
+    puts = [r.path for r in local_hub.stats.requests if r.method == "PUT"]
+    assert puts and all(puts.count(path) <= 2 for path in puts)
+    assert local_hub.stats.commits == [] or all(
+        "publisher:" not in c.message for c in local_hub.stats.commits
+    )
