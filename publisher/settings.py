@@ -196,8 +196,7 @@ def read_settings(manifest: Path) -> Settings | None:
 def push_target(manifest: Path, given: Overrides | None = None) -> HubTarget:
     """Where `publisher push` sends a run: the recorded target, with the push flags on top."""
     given = given or Overrides()
-    recorded = read_settings(manifest)
-    base = recorded.hub if recorded else None
+    base = _recorded_target(manifest)
     repo_id = given.repo_id or (base.repo_id if base else None)
     if not repo_id:
         raise SettingsError(
@@ -210,6 +209,23 @@ def push_target(manifest: Path, given: Overrides | None = None) -> HubTarget:
         private=_first(given.private, base.private if base else False),
         revision=given.revision or (base.revision if base else None),
     )
+
+
+def _recorded_target(manifest: Path) -> HubTarget | None:
+    # Only the push's own part: the push job has neither mergekit nor lm-eval to validate the
+    # rest with (requirements/publish.lock).
+    try:
+        data = json.loads(Path(manifest).read_text(encoding="utf-8"))
+        raw = data["settings"]["hub"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    try:
+        return HubTarget.model_validate(raw)
+    except ValidationError as exc:
+        raise SettingsError(
+            f"{manifest} records a push target this version cannot read "
+            f"({_pydantic_message('settings', exc)}); run the pipeline again"
+        ) from None
 
 
 def _first(given: bool | None, otherwise: bool) -> bool:

@@ -74,6 +74,8 @@ def test_push_is_decided_here_once(recipe_with, given, push, stages):
 
 
 def test_flags_win_over_the_recipe_and_the_recipe_over_defaults(recipe_with, tmp_path):
+    for folder in ("my-templates", "tasks", "cli-templates"):
+        (tmp_path / folder).mkdir()
     recipe = recipe_with(
         "  create_pr: true\n  private: true\n  templates: my-templates\n"
         "  eval: {tasks: [a_task], limit: 5, include_paths: [tasks]}\n"
