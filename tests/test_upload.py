@@ -152,13 +152,18 @@ def test_secret_names(name, secret, monkeypatch):
     assert is_secret_name(name) is secret
 
 
-def test_push_command_takes_create_pr_from_the_runs_recipe(tiny_run, local_hub, copy_run, capsys):
-    """The push job passes no flag on a push to main: the run's publish.create_pr decides."""
+def test_push_command_takes_create_pr_from_the_runs_settings(tiny_run, local_hub, copy_run, capsys):
+    """The push job passes no flag on a push to main: the settings the run recorded (its
+    recipe's publish.create_pr) decide."""
+    import json
+
     from publisher.cli import main
 
     run_dir = copy_run(tiny_run[1])
-    recipe = run_dir / "recipe.yaml"
-    recipe.write_text(recipe.read_text().replace("publish:\n", "publish:\n  create_pr: true\n", 1))
+    manifest = run_dir / "manifest.json"
+    data = json.loads(manifest.read_text())
+    data["settings"]["hub"]["create_pr"] = True  # as a recipe with publish.create_pr records
+    manifest.write_text(json.dumps(data))
     assert main(["push", str(run_dir), "--repo-id", REPO]) == 0
     assert "pull request:" in capsys.readouterr().out
     assert "model.safetensors" not in HfApi().list_repo_files(REPO)  # main untouched
