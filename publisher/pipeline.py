@@ -356,7 +356,7 @@ def _stage_eval(ctx: RunContext) -> list[Path]:
             ctx.run.eval_results.unlink()
         return []
     parallel = None
-    if ctx.options.device.startswith("cuda"):
+    if ctx.settings.device.startswith("cuda"):
         from publisher.parallel import choose_parallelism, detect
 
         found = detect(ctx.run.merged)
