@@ -180,11 +180,9 @@ def _verify_and_push(spec: JobSpec, work: Path) -> int:
     passed = {
         name for name, rec in manifest.data["stages"].items() if rec.get("status") != "failed"
     }
-    dtype = str(recipe.merge.get("out_dtype") or recipe.merge.get("dtype") or "float32")
     report = verify_run(
         run,
         fetch_parents(recipe, parents, log=_say),
-        dtype=dtype,
         expect_smoke="smoke" in passed,
         expect_eval="eval" in passed,
     )
