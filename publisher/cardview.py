@@ -22,20 +22,23 @@ from publisher.evaluate import EvalRow, EvalSummary
 from publisher.parents import ParentInfo
 from publisher.recipe import Recipe
 from publisher.recipe_paths import is_chat_template_path
-from publisher.rundir import IMAGE_NAME
+from publisher.rundir import IMAGE_NAME, RunDir
 from publisher.schedule import DEFAULT_GROUP, Plan, group_of
 from publisher.smoke import SmokeReport
 from publisher.weights import NEAR_T, WeightReport
 
 VIEW_VERSION = 1
+MERGEKIT_CONFIG = "mergekit_config.yml"
+"""What `publisher.merge` writes beside the weights (parents pinned as `repo@sha`)."""
+REPORTS = "publisher"
+"""The model repo's folder of run records (`publisher.upload.REPORTS_DIR`)."""
 BAR_CELLS = 10
 """Width of the inline t bars, in characters."""
 VERSIONED_PACKAGES = ("publisher", "transformers", "torch", "huggingface_hub", "lm-eval")
 """Packages whose installed versions the reproducibility section lists (mergekit's comes from the plan)."""
 SMOKE_CHECKED = (
-    "each prompt went through the model's chat template, the logits of the prompt were finite, "
-    "greedy generation stopped without error and gave the same reply twice, and the reply was "
-    "checked for degeneracy (empty, or one token repeated)"
+    "the chat template rendered each prompt, the logits were finite, and two greedy runs gave "
+    "the same reply"
 )
 """What a passed smoke test checked, in words the card shows."""
 
@@ -61,6 +64,7 @@ class CardInputs:
             ref, e.g. `{"org/base": EvalSummary(...)}`; empty when the parents were not evaluated.
         model: what the merged model's files say (context length, prompt format, shards), or
             `None` before the merge.
+        eval_commands: the `lm_eval` command lines that reproduce the evaluation.
         extra_warnings: more warnings to show in the card's warning block.
         weights: the weight check's report, or `None` when it did not run (then the card says
             nothing about what the weights can show).
@@ -73,6 +77,7 @@ class CardInputs:
     eval_results: list[Any] | None = None
     parent_evaluations: dict[str, EvalSummary] = field(default_factory=dict)
     model: ModelFacts | None = None
+    eval_commands: list[str] = field(default_factory=list)
     extra_warnings: list[str] = field(default_factory=list)
     weights: WeightReport | None = None
 
@@ -352,6 +357,11 @@ class CardView:
         context_length: e.g. `"32768 tokens"`, or `None` when unknown.
         prompt_format: e.g. `"the chat template in tokenizer_config.json"`, or `None`.
         shards: the weight files with their sha256 (after the merge).
+        merge_command: the one command that merges again, e.g.
+            `"mergekit-yaml mergekit_config.yml ./merged"`.
+        eval_commands: the `lm_eval` command lines that evaluate again.
+        records: links to the published records, e.g. `label="merge plan"`,
+            `value="publisher/plan.json"` (paths in the model repo).
         facts: the reproducibility table.
         smoke: the smoke-test section, or `None`.
         evaluation: the evaluation section, or `None`.
@@ -383,6 +393,9 @@ class CardView:
     context_length: str | None
     prompt_format: str | None
     shards: list[ShardView]
+    merge_command: str
+    eval_commands: list[str]
+    records: list[FactView]
     facts: list[FactView]
     smoke: SmokeView | None
     evaluation: EvalView | None
@@ -484,6 +497,13 @@ def build_view(
         context_length=_context_length(model, plan),
         prompt_format=model.prompt_format if model else _planned_prompt_format(recipe),
         shards=list(model.shards) if model else [],
+        merge_command=(
+            f"mergekit-yaml {MERGEKIT_CONFIG} ./merged"
+            if model
+            else f"mergekit-yaml {recipe.path.name} ./merged"
+        ),
+        eval_commands=list(inputs.eval_commands),
+        records=_records(inputs),
         facts=_facts(recipe, plan),
         smoke=smoke_view(inputs.smoke) if inputs.smoke is not None else None,
         evaluation=(
@@ -603,6 +623,24 @@ def _planned_prompt_format(recipe: Recipe) -> str | None:
     if "{" not in template:
         return f"mergekit's built-in `{template}` chat template"
     return "the chat template the recipe gives"
+
+
+def _records(inputs: CardInputs) -> list[FactView]:
+    # Paths in the model repo, as `publisher.hub.run_files` lays the run out.
+    records = [FactView("merge plan (t of every tensor)", f"{REPORTS}/plan.json")]
+    if inputs.recipe.lock_path.exists():
+        records.append(FactView("parents' lock", f"{REPORTS}/recipe.lock.json"))
+    if inputs.evaluation is not None:
+        records.append(FactView("eval results (lm-eval output)", f"{REPORTS}/eval_results.json"))
+    for parent in inputs.plan.parents:
+        if parent.ref in inputs.parent_evaluations:
+            name = RunDir(Path(".")).parent_eval(parent.ref).name
+            records.append(
+                FactView(f"eval results of {short_name(parent.ref)}", f"{REPORTS}/parents/{name}")
+            )
+    if inputs.model is not None:
+        records.append(FactView("verify report", f"{REPORTS}/verify.json"))
+    return records
 
 
 def _version(package: str) -> str:

@@ -602,6 +602,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="samples per task (a partial run; below 1: a fraction of each task)",
     )
     p.add_argument("--eval-backend", choices=EVAL_BACKENDS, help="lm-eval backend (vllm: GPU)")
+    p.add_argument(
+        "--parent-eval",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="evaluate both parents the same way, for the card's comparison "
+        "(default: the recipe's publish.eval.parents, true)",
+    )
     p.add_argument("--templates", help="card templates directory")
     _add_jobs_flags(p)
     p.set_defaults(func=cmd_run)

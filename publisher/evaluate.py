@@ -252,6 +252,7 @@ def run_eval(
     dtype: str = "auto",
     backend: str = "hf",
     parallel: EvalParallelism | None = None,
+    model_name: str = "merged",
 ) -> dict[str, Any]:
     """Evaluate the model in `model_dir` with lm-eval and write `OUT_DIR/results.json`.
 
@@ -272,6 +273,8 @@ def run_eval(
         parallel: how the GPUs are used (`publisher.parallel`): vLLM's tensor and data
             parallel sizes; for `hf`, `parallelize` and, with several copies, this same
             evaluation relaunched under `accelerate launch` (rank 0 writes the results).
+        model_name: what `results.json` calls the model instead of its local path, e.g.
+            `"merged"` (the run directory's) or a parent's name.
 
     Returns:
         lm-eval's output as written to `results.json` (per-sample logs left out, plus
@@ -330,7 +333,7 @@ def run_eval(
     text = json.dumps(results, indent=2, ensure_ascii=False, default=handle_non_serializable)
     # The file is published with the model: runner-local paths mean nothing to its readers
     # (and show the runner's layout), so they become paths relative to the run directory.
-    for local, shown in ((Path(model_dir).resolve(), "merged"), (out_dir.resolve(), "eval")):
+    for local, shown in ((Path(model_dir).resolve(), model_name), (out_dir.resolve(), "eval")):
         text = text.replace(str(local), shown)
     results_path.write_text(text + "\n", encoding="utf-8")
     return json.loads(text)
@@ -420,6 +423,45 @@ def _absolute(data_files: Any, base: Path) -> Any:
     if isinstance(data_files, dict):
         return {split: _absolute(f, base) for split, f in data_files.items()}
     return data_files
+
+
+def task_plan(settings: EvalSettings) -> tuple[list[str], dict[str, int]]:
+    """The task names that run, and per-task shots (empty when the recipe lists its own tasks,
+    which run with `settings.num_fewshot`); `EvalError` when nothing is set."""
+    return _requested(settings)
+
+
+def lm_eval_commands(
+    settings: EvalSettings, model: str, device: str = "cpu", dtype: str = "auto"
+) -> list[str]:
+    """The `lm_eval` command lines that reproduce the evaluation of `model` (a repo id), one
+    per number of shots (lm-eval's CLI takes one `--num_fewshot` per run)."""
+    names, shots = task_plan(settings)
+    groups: dict[int | None, list[str]] = {}
+    for name in names:
+        groups.setdefault(shots.get(name, settings.num_fewshot), []).append(name)
+    batch = settings.batch_size or ("auto" if device.startswith("cuda") else 1)
+    commands = []
+    for count, tasks in groups.items():
+        parts = [
+            "lm_eval",
+            f"--model {settings.backend}",
+            f"--model_args pretrained={model},dtype={dtype}",
+            f"--tasks {','.join(tasks)}",
+        ]
+        if count is not None:
+            parts.append(f"--num_fewshot {count}")
+        if settings.limit is not None:
+            parts.append(f"--limit {_limit(settings.limit)}")
+        parts += [f"--batch_size {batch}", f"--device {device}"]
+        if settings.apply_chat_template:
+            parts.append("--apply_chat_template --fewshot_as_multiturn")
+        # Task directories by name only: a runner's paths mean nothing to the card's readers.
+        if any(t.startswith("publisher_") for t in tasks):
+            parts.append("--include_path publisher/tasks")
+        parts += [f"--include_path {Path(p).name}" for p in settings.include_paths]
+        commands.append(" ".join(parts))
+    return commands
 
 
 def _requested(settings: EvalSettings) -> tuple[list[str], dict[str, int]]:

@@ -251,6 +251,8 @@ def run_files(run_dir: Path) -> dict[str, Path]:
     ):
         if file.exists():
             files[f"{REPORTS_DIR}/{repo_name}"] = file
+    for file in run.parent_evals():
+        files[f"{REPORTS_DIR}/parents/{file.name}"] = file
     return files
 
 

@@ -16,6 +16,9 @@ from publisher.recipe import MergeSettings, Recipe
 from publisher.recipe_paths import chat_template_text
 from publisher.schedule import rewrite_model_refs
 
+MERGEKIT_CONFIG = "mergekit_config.yml"
+"""The merge's own mergekit config, parents pinned, published at the repo's root."""
+
 
 class MergeError(PublisherError):
     """The merge cannot run or failed; the message says why and what to do."""
@@ -108,7 +111,28 @@ def run_merge_stage(
         raise MergeError(f"mergekit failed: {exc}") from exc
     if not any(out_dir.glob("*.safetensors")):
         raise MergeError(f"mergekit wrote no safetensors into {out_dir}")
+    write_mergekit_config(recipe, parents, out_dir)
     return out_dir
+
+
+def write_mergekit_config(recipe: Recipe, parents: list[ParentInfo], out_dir: Path) -> Path:
+    """Write `OUT_DIR/mergekit_config.yml`: the recipe's mergekit config with each Hub parent
+    pinned as `repo@sha`, so `mergekit-yaml mergekit_config.yml out/` downloads exactly the
+    parents that were merged and reproduces the weights. Serialized by mergekit itself."""
+    from mergekit.config import MergeConfiguration
+
+    pins = {
+        p.ref: f"{p.ref.partition('@')[0]}@{p.revision}"
+        for p in parents
+        if p.source == "hub" and p.resolved and p.revision
+    }
+    merge = rewrite_model_refs(recipe.merge, pins)
+    if recipe.publish.chat_template:
+        merge["chat_template"] = recipe.publish.chat_template
+    path = Path(out_dir) / MERGEKIT_CONFIG
+    text = MergeConfiguration.model_validate(merge).to_yaml()
+    path.write_text(text, encoding="utf-8", newline="\n")
+    return path
 
 
 def parse_shard_size(value: str | int) -> int:

@@ -230,7 +230,8 @@ def _eval_inputs(ctx: RunContext) -> str:
     task_dirs = [Path(p) for p in settings.include_paths if Path(p).is_dir()]
     # How the work spreads over GPUs does not change the results: not an input.
     dumped = settings.model_dump(exclude={"parallel"})
-    return hash_inputs("eval", ctx.run.merged, dumped, *task_dirs)
+    parents = [(p.ref, p.revision) for p in ctx.parents] if settings.parents else []
+    return hash_inputs("eval", ctx.run.merged, dumped, parents, *task_dirs)
 
 
 def _card_inputs(ctx: RunContext) -> str:
@@ -242,6 +243,7 @@ def _card_inputs(ctx: RunContext) -> str:
         ctx.run.smoke if ctx.current("smoke") else None,
         ctx.run.eval_results if ctx.current("eval") else None,
         ctx.run.weights if ctx.current("weights") else None,
+        *(ctx.run.parent_evals() if ctx.current("eval") else []),
         templates,
         ctx.recipe.repo_id,
     )
@@ -374,14 +376,30 @@ def _stage_eval(ctx: RunContext) -> list[Path]:
         backend=settings.backend,
         parallel=parallel,
     )
-    return [ctx.run.eval_results]
+    if not settings.parents:
+        shutil.rmtree(ctx.run.eval_dir / "parents", ignore_errors=True)
+        ctx.manifest.data.pop("parent_eval", None)
+        return [ctx.run.eval_results]
+    from publisher.parenteval import evaluate_parents
+
+    done = evaluate_parents(
+        ctx.parents,
+        ctx.parent_dirs,
+        settings,
+        ctx.run,
+        device=ctx.settings.device,
+        parallel=parallel,
+        log=ctx.log,
+    )
+    ctx.manifest.data["parent_eval"] = {d.ref: d.as_dict() for d in done}
+    return [ctx.run.eval_results, *(d.path for d in done)]
 
 
 def card_inputs_for(ctx: RunContext):
     """The card's inputs: the plan, plus each report whose stage succeeded on current inputs."""
     from publisher.card import CardInputs
     from publisher.cardview import read_model_facts
-    from publisher.evaluate import summarize, to_eval_results
+    from publisher.evaluate import lm_eval_commands, summarize, to_eval_results
     from publisher.schedule import Plan
     from publisher.smoke import SmokeReport
     from publisher.weights import WeightReport
@@ -391,10 +409,17 @@ def card_inputs_for(ctx: RunContext):
         SmokeReport.read(ctx.run.smoke) if ctx.current("smoke") and ctx.run.smoke.exists() else None
     )
     summary = eval_results = None
+    parent_evaluations = {}
+    settings = ctx.settings.eval
     if ctx.current("eval") and ctx.run.eval_results.exists():
         results = json.loads(ctx.run.eval_results.read_text(encoding="utf-8"))
-        summary = summarize(results, ctx.settings.eval.suite)
+        summary = summarize(results, settings.suite)
         eval_results = to_eval_results(summary, ctx.recipe.repo_id)
+        for parent in plan.parents:
+            path = ctx.run.parent_eval(parent.ref)
+            if settings.parents and path.exists():
+                data = json.loads(path.read_text(encoding="utf-8"))
+                parent_evaluations[parent.ref] = summarize(data, settings.suite)
     model = read_model_facts(ctx.run.merged) if ctx.current("merge") else None
     weights = (
         WeightReport.read(ctx.run.weights)
@@ -407,8 +432,14 @@ def card_inputs_for(ctx: RunContext):
         smoke=smoke,
         evaluation=summary,
         eval_results=eval_results,
+        parent_evaluations=parent_evaluations,
         model=model,
         weights=weights,
+        eval_commands=(
+            lm_eval_commands(settings, ctx.recipe.repo_id, ctx.settings.device, settings.dtype)
+            if summary is not None
+            else []
+        ),
     )
 
 

@@ -97,6 +97,7 @@ class Overrides:
     eval_suite: str | None = None
     eval_limit: float | None = None
     eval_backend: str | None = None
+    parent_eval: bool | None = None
     merge: dict[str, Any] = field(default_factory=dict)
 
 
@@ -132,6 +133,8 @@ def resolve_settings(recipe: Recipe, given: Overrides | None = None) -> Settings
         eval_updates["limit"] = given.eval_limit
     if given.eval_backend:
         eval_updates["backend"] = given.eval_backend
+    if given.parent_eval is not None:
+        eval_updates["parents"] = given.parent_eval
     evaluation = _override("eval", recipe.publish.eval, eval_updates)
     if evaluation.suite is not None:
         suite_specs(evaluation.suite)  # an unknown name fails here, not after the merge

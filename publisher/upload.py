@@ -66,6 +66,10 @@ ALLOWED_FILES: tuple[tuple[str, str], ...] = (
         re.escape(REPORTS_DIR) + "/(" + "|".join(re.escape(n) for n in REPORT_FILES) + ")",
         "the publisher's record",
     ),
+    (
+        re.escape(REPORTS_DIR) + r"/parents/[A-Za-z0-9][A-Za-z0-9_.-]*\.json",
+        "a parent's eval results",
+    ),
 )
 _ALLOWED = re.compile("|".join(f"(?:{pattern})" for pattern, _ in ALLOWED_FILES))
 

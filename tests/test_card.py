@@ -319,7 +319,7 @@ def test_smoke_and_eval_sections_with_reports(recipe: Recipe, plan: Plan) -> Non
         CardInputs(recipe=recipe, plan=plan, smoke=smoke, evaluation=summary, eval_results=results)
     )
     assert "## Smoke test" in text and "Result: **passed**" in text
-    assert "Passed means: each prompt went through the model's chat template" in text
+    assert "Passed means: the chat template rendered each prompt" in text
     assert f"<summary>Transcripts ({len(smoke.transcripts)})</summary>" in text
     for transcript in smoke.transcripts:
         assert transcript.rendered_prompt in text

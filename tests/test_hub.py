@@ -14,7 +14,6 @@ from huggingface_hub import HfApi, snapshot_download
 from publisher import hub as hub_module
 from publisher.cli import main
 from publisher.hub import HubError, push_run, run_files
-from publisher.hubserver import LocalHub, hub_client_env
 from publisher.parents import ParentError
 
 REPO = "tester/tiny-run"
@@ -487,32 +486,6 @@ def test_retries_wait_as_long_as_retry_after_says(monkeypatch):
 
     assert hub_module.with_retries("read", call, log=quiet, delays=(1.0, 2.0)) == "done"
     assert sleeps == [7.0, hub_module.RETRY_AFTER_CAP]
-
-
-def test_demo_publishes_the_tiny_merge_to_the_local_hub(tmp_path):
-    from publisher.demo import run_demo
-
-    out = tmp_path / "demo"
-    lines: list[str] = []
-    assert run_demo(out, log=lines.append) == 0
-    text = "\n".join(lines)
-    assert "model page:    http://127.0.0.1:" in text and "Traceback" not in text
-    run_dir = out / "run"
-    # The server stopped; its data survives a restart and holds exactly the run.
-    with (
-        LocalHub(out / "hub-data", token="t", user="publisher-demo") as server,
-        hub_client_env(server.endpoint, token="t", hf_home=tmp_path / "hf-home"),
-    ):
-        repo = "publisher-demo/tiny-demo-slerp"
-        local = Path(snapshot_download(repo, cache_dir=tmp_path / "dl"))
-        expected = run_files(run_dir)
-        assert "model.safetensors" in expected and "README.md" in expected
-        for name, path in expected.items():
-            if name not in hub_module.VOLATILE:  # the manifest records the push after it
-                assert (local / name).read_bytes() == path.read_bytes(), name
-        lock = json.loads((out / "recipes" / "tiny-demo-slerp.lock.json").read_text())
-        for parent_id, entry in lock["parents"].items():
-            assert entry["revision"] == HfApi().model_info(parent_id).sha  # pinned by SHA
 
 
 def test_card_that_is_not_utf8_is_refused_plainly(tiny_run, local_hub, copy_run):

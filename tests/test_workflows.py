@@ -212,6 +212,11 @@ def _hf_home_is_the_jobs_own(job: dict[str, Any]) -> None:
     assert "!${{ runner.temp }}/hf-home/token" in paths  # never a token in the cache
     runs = [s for s in job["steps"] if "publisher run" in s.get("run", "")]
     assert runs and all(s["env"]["HF_HOME"] == "${{ runner.temp }}/hf-home" for s in runs)
+    # The parents' cached eval results travel in the same cache, in the job's own directory.
+    assert "${{ runner.temp }}/publisher-cache" in paths
+    assert all(
+        s["env"]["PUBLISHER_CACHE_DIR"] == "${{ runner.temp }}/publisher-cache" for s in runs
+    )
 
 
 def test_the_build_job_holds_no_write_credential() -> None:
