@@ -526,7 +526,7 @@ def test_license_warning_when_a_parent_differs(recipe: Recipe, plan: Plan) -> No
     )
     text = render_card(CardInputs(recipe=recipe, plan=mixed))
     assert all(f"> ⚠️ {w}" in text for w in warnings)
-    assert "tiny-other: cc-by-nc-4.0." in text
+    assert "tiny-other (cc-by-nc-4.0)." in text
 
 
 def test_unknown_license_is_listed_not_warned(recipe: Recipe, plan: Plan) -> None:
@@ -535,7 +535,7 @@ def test_unknown_license_is_listed_not_warned(recipe: Recipe, plan: Plan) -> Non
     assert license_warnings(recipe, unknown.parents) == []
     text = render_card(CardInputs(recipe=recipe, plan=unknown))
     assert not re.search(r"^> ⚠️ .*licen", text, re.MULTILINE)
-    assert "tiny-other: unknown." in text
+    assert "tiny-other (unknown)." in text
 
 
 def test_license_falls_back_to_parents_then_other(recipe: Recipe, plan: Plan) -> None:

@@ -222,7 +222,13 @@ def test_published_eval_results_name_no_runner_paths(finished_run):
     assert str(run_dir.resolve()) not in results
     assert json.loads(results)["config"]["model_args"]["pretrained"] == "merged"
     card = (run_dir / "README.md").read_text()
-    assert str(run_dir.resolve()) not in card and "pretrained=" not in card
+    assert str(run_dir.resolve()) not in card
+    # The card's lm_eval command names the published model, never a runner's directory.
+    assert "pretrained=tester/tiny-run," in card and "pretrained=/" not in card
+    for parent in (run_dir / "eval" / "parents").glob("*.json"):
+        parent_results = json.loads(parent.read_text())
+        assert parent_results["config"]["model_args"]["pretrained"] == parent.stem
+        assert "/tmp/" not in parent.read_text() and str(Path.home()) not in parent.read_text()
 
 
 @pytest.mark.parametrize(
