@@ -162,6 +162,7 @@ def finish(spec: JobSpec) -> int:
 
 
 def _verify_and_push(spec: JobSpec, work: Path) -> int:
+    from publisher.card import resolve_templates_dir
     from publisher.hub import fetch_parents, push_run
     from publisher.parents import resolve_parents
     from publisher.pipeline import Manifest
@@ -180,11 +181,15 @@ def _verify_and_push(spec: JobSpec, work: Path) -> int:
     passed = {
         name for name, rec in manifest.data["stages"].items() if rec.get("status") != "failed"
     }
+    # No weights report from the bucket: verify re-merges itself. The card is rendered again
+    # from card.json with the templates the build used (the recipe's, or the run's option).
+    templates = spec.options.get("templates_dir")
     report = verify_run(
         run,
         fetch_parents(recipe, parents, log=_say),
         expect_smoke="smoke" in passed,
         expect_eval="eval" in passed,
+        templates_dir=resolve_templates_dir(recipe, bundle / templates if templates else None),
     )
     report.write(run.verify)
     verify_record = manifest.data["stages"].get("verify") or {}
