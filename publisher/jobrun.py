@@ -39,8 +39,10 @@ RECORD_FILES = (
     "plan.json",
     "smoke.json",
     "eval/results.json",
+    "weights.json",
     "verify.json",
     "README.md",
+    "card.json",
     "schedule.png",
 )
 
@@ -177,7 +179,12 @@ def _verify_and_push(spec: JobSpec, work: Path) -> int:
     run = RunDir(work)
     manifest = Manifest(run.manifest)
     parents = resolve_parents(recipe)
-    write_plan(build_plan(recipe, parents), run.plan)  # the trusted plan, not the bucket's
+    # The bucket's files were written where recipe code ran: the recipe, its lock and the plan
+    # that verify reads come from the bundle instead.
+    shutil.copyfile(recipe.path, run.recipe)
+    if recipe.lock_path.exists():
+        shutil.copyfile(recipe.lock_path, run.lock)
+    write_plan(build_plan(recipe, parents), run.plan)
     passed = {
         name for name, rec in manifest.data["stages"].items() if rec.get("status") != "failed"
     }
