@@ -322,7 +322,7 @@ class FactView:
 @dataclass
 class ObservabilityView:
     """Checked tensors whose weights cannot show t, e.g. `tensors=1, checked=39,
-    dtype="bfloat16", near="0.05"` (t ± near would store the same values)."""
+    dtype="bfloat16", near="0.05"` (a t `near` away would store the same values)."""
 
     tensors: int
     checked: int

@@ -5,7 +5,7 @@ The weights: `publisher.weights` merges every tensor again with mergekit's own S
 planned t and compares it with the stored one (exact for a CPU merge; within 1 ulp in bfloat16
 and float16, 4 in float32, for a merge run on a GPU); its report says, per tensor, the largest
 difference in ulps, the share of exact elements, and whether the weights can show t at all
-(parents so close that t ± 0.05 stores the same values cannot). The pipeline runs that check as
+(parents so close that a t 0.05 away stores the same values cannot). The pipeline runs that check as
 its own stage right after the merge; `verify_run` takes its report when it describes the current
 weights and runs the check itself otherwise.
 

@@ -127,7 +127,7 @@ def test_bf16_card_says_where_t_is_not_observable(near_runs):
     card = (run / "README.md").read_text(encoding="utf-8")
     assert (
         "In bfloat16, the weights of 1 of the 39 checked tensors cannot show t: the parents "
-        "are so close there that t ± 0.05 would store the same values" in card
+        "are so close there that a t 0.05 away would store the same values" in card
     )
     _, run32, _ = near_runs["float32"]
     assert _weights(run32)["not_observable"] == 0  # float32 keeps the rounding of (1-t)x + tx
@@ -225,7 +225,7 @@ def test_a_norm_whose_t_is_not_observable_still_fails_when_it_contradicts_the_pl
 ):
     _, original, _ = near_runs["bfloat16"]
     run = copy_run(original)
-    _merged_on(run, "cuda")  # within 1 bf16 ulp, t ± 0.05 gives the same norms
+    _merged_on(run, "cuda")  # within 1 bf16 ulp, a t 0.05 away gives the same norms
     name = "model.layers.1.input_layernorm.weight"
     report = check_weights(
         Plan.read(RunDir(run).plan), RunDir(run).merged, _parent_dirs(run), merged_on="cuda"
