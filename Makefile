@@ -39,6 +39,7 @@ check-lock: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/merge_overhead.py
 	$(PY) bench/merge_scaling.py
+	$(PY) bench/verify_cost.py
 
 clean:
 	rm -rf build runs
