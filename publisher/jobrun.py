@@ -194,6 +194,8 @@ def _verify_and_push(spec: JobSpec, work: Path) -> int:
     report = verify_run(
         run,
         fetch_parents(recipe, parents, log=_say),
+        dtype=recipe.merge.get("dtype"),  # the trusted recipe's, not the bucket's copy
+        out_dtype=recipe.merge.get("out_dtype"),
         expect_smoke="smoke" in passed,
         expect_eval="eval" in passed,
         templates_dir=resolve_templates_dir(recipe, bundle / templates if templates else None),

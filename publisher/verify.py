@@ -60,6 +60,8 @@ def verify_run(
     run: Any,
     parent_dirs: dict[str, Path],
     weights: WeightReport | None = None,
+    dtype: str | None = None,
+    out_dtype: str | None = None,
     expect_smoke: bool = True,
     expect_eval: bool = True,
     sample: bool | None = None,
@@ -70,8 +72,8 @@ def verify_run(
     `manifest.json` records; `templates_dir` overrides the latter.
 
     `weights` is the weight check's report for the weights as they are now (the pipeline's
-    `weights` stage); without it the check runs here, with the `dtype` and `out_dtype` of the
-    run directory's recipe.
+    `weights` stage); without it the check runs here, with `dtype` and `out_dtype` (mergekit's;
+    by default those of the run directory's recipe).
     """
     from publisher.cardcheck import check_card
     from publisher.smoke import SmokeReport
@@ -83,8 +85,8 @@ def verify_run(
             plan,
             run.merged,
             parent_dirs,
-            dtype=recipe.get("dtype"),
-            out_dtype=recipe.get("out_dtype"),
+            dtype=dtype or recipe.get("dtype"),
+            out_dtype=out_dtype or recipe.get("out_dtype"),
             merged_on=run.merged_on(),
             sample=sample,
         )
