@@ -206,6 +206,12 @@ def _shard_size(text: str) -> str:
     return text
 
 
+def _count(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 1024:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a count from 1 to 1024")
+    return int(text)
+
+
 def _port(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 65535:
         raise argparse.ArgumentTypeError(f"'{text}' is not a port number (1 to 65535)")
@@ -583,18 +589,24 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, what in (
         ("--lazy-unpickle", "mergekit's lazy unpickler (low memory for .bin parents)"),
         ("--low-cpu-memory", "keep merge results on the GPU (VRAM > RAM)"),
+        ("--async-write", "write output shards on background threads"),
     ):
         p.add_argument(
             flag,
             action=argparse.BooleanOptionalAction,
             default=None,
-            help=f"{what} (default: the recipe's publish.merge)",
+            help=f"{what} (default: the recipe's publish.merge, else auto-tuned)",
         )
     p.add_argument(
         "--out-shard-size",
         type=_shard_size,
-        help="bytes per output shard, e.g. 2B or 500M (default: the recipe's, 5B)",
+        help="bytes per output shard, e.g. 2B or 500M (default: the recipe's, else auto-tuned)",
     )
+    for flag, what in (
+        ("--write-threads", "threads writing shards with --async-write"),
+        ("--num-threads", "torch CPU threads for the merge"),
+    ):
+        p.add_argument(flag, type=_count, help=f"{what} (default: the recipe's, else auto-tuned)")
     p.add_argument("--eval-suite", choices=SUITES, help="overrides the recipe's eval suite")
     p.add_argument(
         "--eval-limit",

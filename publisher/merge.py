@@ -7,10 +7,11 @@ looked up on the Hub); Hub parents are downloaded first at their locked commit.
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from publisher.errors import PublisherError
+from publisher.merge_tuning import MergeTuning, choose_merge_options, measure_facts
 from publisher.parents import ParentInfo, check_compatible
 from publisher.recipe import MergeSettings, Recipe
 from publisher.recipe_paths import chat_template_text
@@ -26,7 +27,7 @@ class MergeError(PublisherError):
 
 @dataclass(frozen=True)
 class MergeRequest:
-    """How to run one merge.
+    """How to run one merge (mergekit `MergeOptions` field names).
 
     Attributes:
         device: `"cpu"` or `"cuda"` (mergekit's `cuda` option).
@@ -34,6 +35,9 @@ class MergeRequest:
         low_cpu_memory: keep results on the accelerator (VRAM > RAM).
         out_shard_size: bytes per output shard, e.g. `"5B"` or 1_000_000 (mergekit's help
             says parameters, but its writer compares the value with tensor bytes).
+        async_write: write output shards on background threads.
+        write_threads: how many threads write shards when `async_write`, e.g. 1.
+        num_threads: torch's CPU threads (None: torch's default).
         quiet: suppress mergekit's progress bars.
     """
 
@@ -41,20 +45,44 @@ class MergeRequest:
     lazy_unpickle: bool = False
     low_cpu_memory: bool = False
     out_shard_size: str | int = "5B"
+    async_write: bool = False
+    write_threads: int = 1
+    num_threads: int | None = None
     quiet: bool = False
 
 
 def merge_request_for(
     recipe: Recipe, device: str | None = None, settings: MergeSettings | None = None
 ) -> MergeRequest:
-    """The recipe's merge settings (or `settings`), with the `--device` flag taking precedence."""
+    """The recipe's merge settings (or `settings`) as given, the `--device` flag first.
+
+    No auto-tuning: `tuned_merge_request` chooses what the settings leave out.
+    """
     settings = settings or recipe.publish.merge
-    return MergeRequest(
-        device=device or ("cuda" if settings.cuda else "cpu"),
-        lazy_unpickle=settings.lazy_unpickle,
-        low_cpu_memory=settings.low_cpu_memory,
-        out_shard_size=settings.out_shard_size,
-    )
+    fields = settings.model_dump(exclude={"cuda"})
+    return MergeRequest(device=device or ("cuda" if settings.cuda else "cpu"), **fields)
+
+
+def tuned_merge_request(
+    recipe: Recipe,
+    local_dirs: dict[str, Path],
+    device: str | None = None,
+    settings: MergeSettings | None = None,
+) -> tuple[MergeRequest, MergeTuning]:
+    """The merge request with every option the settings leave unset chosen for this machine.
+
+    Explicitly set options (the recipe's `publish.merge` or a flag) are kept as given.
+    """
+    settings = settings or recipe.publish.merge
+    request = merge_request_for(recipe, device, settings)
+    explicit = settings.model_dump(include=settings.model_fields_set - {"cuda"})
+    base = recipe.base_model
+    dirs = sorted(local_dirs.items(), key=lambda item: item[0] != base)  # base parent first
+    out_dtype = recipe.merge.get("out_dtype") or recipe.merge.get("dtype")
+    facts = measure_facts([Path(d) for _, d in dirs], out_dtype, request.device)
+    tuning = choose_merge_options(facts, explicit)
+    tuning.facts = asdict(facts)
+    return replace(request, **tuning.options), tuning
 
 
 def run_merge_stage(
@@ -99,6 +127,9 @@ def run_merge_stage(
         write_model_card=False,
         safe_serialization=True,
         trust_remote_code=recipe.publish.trust_remote_code,
+        async_write=request.async_write,
+        write_threads=request.write_threads,
+        num_threads=request.num_threads,
         quiet=request.quiet,
     )
     out_dir = Path(out_dir)

@@ -15,6 +15,7 @@ weight check's report when it is current and re-runs the check when it is not.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -79,7 +80,9 @@ def hash_inputs(*parts: Any) -> str:
     return digest.hexdigest()
 
 
+@functools.cache
 def tool_versions() -> dict[str, str]:
+    # Cached: each lookup scans site-packages' metadata, and a run asks several times.
     versions = {"python": platform.python_version()}
     for name in TOOLS:
         dist = {"lm_eval": "lm-eval", "huggingface_hub": "huggingface_hub"}.get(name, name)
@@ -284,7 +287,7 @@ def _stage_plan(ctx: RunContext) -> list[Path]:
 
 
 def _stage_merge(ctx: RunContext) -> list[Path]:
-    from publisher.merge import merge_request_for, run_merge_stage
+    from publisher.merge import run_merge_stage, tuned_merge_request
 
     unresolved = [p.ref for p in ctx.parents if not p.resolved]
     if unresolved:
@@ -294,7 +297,15 @@ def _stage_merge(ctx: RunContext) -> list[Path]:
             + ", ".join(unresolved)
             + f"; run 'publisher lock {ctx.recipe.path}' where the Hub is reachable",
         )
-    request = merge_request_for(ctx.recipe, settings=ctx.settings.merge)
+    request, tuning = tuned_merge_request(ctx.recipe, ctx.parent_dirs, settings=ctx.settings.merge)
+    # What was chosen and why, beside the settings it was chosen from.
+    ctx.manifest.data["merge_options"] = {
+        "options": tuning.options,
+        "reasons": tuning.reasons,
+        "facts": tuning.facts,
+    }
+    ctx.manifest.save()
+    ctx.log("  merge options: " + ", ".join(f"{k}={v}" for k, v in tuning.options.items()))
     run_merge_stage(ctx.recipe, ctx.parents, ctx.parent_dirs, ctx.run.merged, request)
     # The weight check reproduces a CPU merge exactly and a GPU merge within a bound.
     ctx.manifest.data["merged_on"] = request.device

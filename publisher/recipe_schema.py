@@ -436,12 +436,19 @@ class EvalSettings(PublishModel):
 
 
 class MergeSettings(PublishModel):
-    """Options passed to mergekit's `MergeOptions`."""
+    """Options passed to mergekit's `MergeOptions`.
+
+    The performance options a recipe leaves out are chosen per merge from the model's size,
+    free memory and the device (`publisher.merge_tuning`); the ones it sets are kept.
+    """
 
     cuda: bool = False
     lazy_unpickle: bool = False
     low_cpu_memory: bool = False
     out_shard_size: str | int = "5B"
+    async_write: bool = False
+    write_threads: int = Field(default=1, ge=1, le=64)
+    num_threads: int | None = Field(default=None, ge=1, le=1024)
 
     @field_validator("out_shard_size", mode="plain")
     @classmethod

@@ -28,7 +28,14 @@ Device = Literal["cpu", "cuda"]
 DEVICES: tuple[str, ...] = get_args(Device)
 EVAL_BACKENDS: tuple[str, ...] = get_args(EvalSettings.model_fields["backend"].annotation)
 # The `publish.merge` fields a flag may override (`cuda` follows --device).
-MERGE_FLAGS = ("lazy_unpickle", "low_cpu_memory", "out_shard_size")
+MERGE_FLAGS = (
+    "lazy_unpickle",
+    "low_cpu_memory",
+    "out_shard_size",
+    "async_write",
+    "write_threads",
+    "num_threads",
+)
 
 SectionT = TypeVar("SectionT", EvalSettings, MergeSettings)
 
@@ -241,7 +248,9 @@ def _override(what: str, section: SectionT, updates: dict[str, Any]) -> SectionT
     if not updates:
         return section
     try:
-        return type(section).model_validate({**section.model_dump(), **updates})
+        # What the recipe set plus the flags: fields neither sets stay unset, so that the merge
+        # auto-tunes them (publisher.merge_tuning) instead of taking them as explicit.
+        return type(section).model_validate({**section.model_dump(exclude_unset=True), **updates})
     except ValidationError as exc:
         raise SettingsError(_pydantic_message(what, exc)) from None
 

@@ -203,12 +203,18 @@ def test_merge_flags_override_the_recipe_and_void_the_last_verify(finished_run, 
     run = copy_run(original)
     assert (run / "verify.json").exists()
     args = ["run", str(recipe), "--out", str(run), "--stages", "merge", "--out-shard-size", "200K"]
-    assert main(args) == 0
+    assert main([*args, "--num-threads", "1"]) == 0
     shards = sorted((run / "merged").glob("*.safetensors"))
     assert len(shards) > 1 and (run / "merged" / "model.safetensors.index.json").exists()
     assert all(shard.stat().st_size <= 200_000 * 1.1 for shard in shards)
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["settings"]["merge"]["out_shard_size"] == "200K"
+    assert manifest["settings"]["merge"]["num_threads"] == 1
+    # The flags win over auto-tuning, which still chose (and explained) what they left out.
+    chosen = manifest["merge_options"]
+    assert chosen["options"]["out_shard_size"] == "200K" and chosen["options"]["num_threads"] == 1
+    assert chosen["reasons"]["num_threads"] == "set by the recipe or a flag"
+    assert chosen["reasons"]["async_write"] != "set by the recipe or a flag"
     # The weights changed hands after the last verify: its pass no longer counts.
     assert not (run / "verify.json").exists()
     capsys.readouterr()

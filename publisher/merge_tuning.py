@@ -1,0 +1,194 @@
+"""Merge auto-tuning: mergekit's performance options chosen from the model's size, RAM and device.
+
+`choose_merge_options` is a pure function of what it is told (sizes in bytes, the device, the
+CPU count and whether the parents hold pickled weights), so it is tested without a machine of
+each kind; `measure_inputs` reads those facts from the parents' files and `/proc/meminfo`
+without loading a weight or probing CUDA. A setting the recipe (`publish.merge`) or a flag gives
+is never changed: only the unset ones are chosen, each with the reason it got its value.
+
+Only `out_shard_size` changes the merged files (how they are split), and it depends on the
+model's size alone, so the same inputs always give the same files whatever the machine's
+free memory; the other options change speed and memory, never bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MB = 1000**2
+GB = 1000**3
+# Measured on this project's CPU benches (bench/README.md): 200M shards merged a 1.2B bf16 pair
+# 1.5x faster than LazyMergekit's 1B and mergekit's 5B, at 0.9x their peak RSS, because the
+# writer holds one shard's tensors in memory before writing it.
+SMALL_SHARD_BYTES = 200 * MB
+# More shards than this would clutter the repository; very large models get larger shards.
+MAX_SHARDS = 100
+MAX_SHARD_BYTES = 5 * GB
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "int8": 1}
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+TUNED = (
+    "out_shard_size",
+    "async_write",
+    "write_threads",
+    "num_threads",
+    "lazy_unpickle",
+    "low_cpu_memory",
+)
+
+
+@dataclass(frozen=True)
+class MergeFacts:
+    """What the choice depends on.
+
+    Attributes:
+        output_bytes: bytes of the merged weights, e.g. 2_400_000_000 for 1.2B params in bf16.
+        free_ram_bytes: memory available to the merge (`MemAvailable`), e.g. 20_000_000_000.
+        device: `"cpu"` or `"cuda"`.
+        cpus: CPUs this process may run on, e.g. 2.
+        pickled_parents: some parent ships `.bin`/`.pt` (pickle) weights, not safetensors.
+        gpu_bytes: accelerator memory when known (None on CPU or when not probed).
+    """
+
+    output_bytes: int
+    free_ram_bytes: int
+    device: str = "cpu"
+    cpus: int = 1
+    pickled_parents: bool = False
+    gpu_bytes: int | None = None
+
+
+@dataclass
+class MergeTuning:
+    """The chosen options (mergekit `MergeOptions` field names) and why each has its value."""
+
+    options: dict[str, Any] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    def set(self, name: str, value: Any, reason: str) -> None:
+        self.options[name] = value
+        self.reasons[name] = reason
+
+
+def choose_merge_options(facts: MergeFacts, explicit: dict[str, Any] | None = None) -> MergeTuning:
+    """Options for one merge: `explicit` ones kept as given, the others chosen from `facts`."""
+    explicit = explicit or {}
+    tuning = MergeTuning()
+    for name, value in explicit.items():
+        if name in TUNED:
+            tuning.set(name, value, "set by the recipe or a flag")
+    choices = {
+        "out_shard_size": _shard_size,
+        "num_threads": _num_threads,
+        "async_write": _async_write,
+        "lazy_unpickle": _lazy_unpickle,
+        "low_cpu_memory": _low_cpu_memory,
+    }
+    for name, choose in choices.items():
+        if name not in explicit:
+            tuning.set(name, *choose(facts))
+    if "write_threads" not in explicit:
+        threads = 1 if not tuning.options["async_write"] else min(2, max(1, facts.cpus - 1))
+        tuning.set("write_threads", threads, "one writer per spare CPU, at most 2")
+    return tuning
+
+
+def _shard_size(facts: MergeFacts) -> tuple[int, str]:
+    if facts.output_bytes <= SMALL_SHARD_BYTES * MAX_SHARDS:
+        return SMALL_SHARD_BYTES, (
+            "200M shards: the writer holds one shard in memory; measured faster and lower "
+            "peak memory than 1B or 5B (bench/README.md)"
+        )
+    size = min(MAX_SHARD_BYTES, -(-facts.output_bytes // MAX_SHARDS))
+    return size, f"at most {MAX_SHARDS} shards for {facts.output_bytes / GB:.1f} GB of output"
+
+
+def _num_threads(facts: MergeFacts) -> tuple[int, str]:
+    # torch defaults to the machine's physical cores, more than a container or a CI runner's
+    # CPU affinity may give this process; oversubscribed threads only contend.
+    return max(1, facts.cpus), f"the {facts.cpus} CPU(s) this process may run on"
+
+
+def _async_write(facts: MergeFacts) -> tuple[bool, str]:
+    # Writing in the background overlaps disk with compute but keeps one more shard in memory.
+    spare = facts.free_ram_bytes - 2 * SMALL_SHARD_BYTES
+    if facts.cpus < 2:
+        return False, "one CPU: a writer thread would only take turns with the merge"
+    if spare < facts.output_bytes // 4:
+        return False, "little free memory: shards are written one at a time"
+    return True, f"{facts.cpus} CPUs and free memory for a shard in flight"
+
+
+def _lazy_unpickle(facts: MergeFacts) -> tuple[bool, str]:
+    if facts.pickled_parents:
+        return True, "pickled (.bin) parents: read tensor by tensor instead of whole files"
+    return False, "safetensors parents are memory-mapped already"
+
+
+def _low_cpu_memory(facts: MergeFacts) -> tuple[bool, str]:
+    if not facts.device.startswith("cuda"):
+        return False, "CPU merge: results stay in RAM either way"
+    if facts.gpu_bytes is not None and facts.gpu_bytes >= 2 * facts.output_bytes:
+        return True, "the GPU holds twice the output: results stay on it"
+    return False, "GPU memory unknown or too small to keep the results on it"
+
+
+# ---------------------------------------------------------------------------------------------
+# facts from the machine and the parents' files (no weights read, no CUDA probed)
+
+
+def measure_facts(parent_dirs: list[Path], out_dtype: str | None, device: str) -> MergeFacts:
+    """The facts for merging these parent directories into `out_dtype` on `device`."""
+    base = Path(parent_dirs[0])
+    weights = [
+        p for d in parent_dirs for p in Path(d).iterdir() if p.name.endswith(WEIGHT_SUFFIXES)
+    ]
+    base_bytes = sum(p.stat().st_size for p in weights if p.parent == base)
+    parent_dtype = _config_dtype(base)
+    scale = DTYPE_BYTES.get(out_dtype or parent_dtype, 4) / DTYPE_BYTES.get(parent_dtype, 4)
+    return MergeFacts(
+        output_bytes=int(base_bytes * scale),
+        free_ram_bytes=free_ram_bytes(),
+        device=device,
+        cpus=available_cpus(),
+        pickled_parents=any(not p.name.endswith(".safetensors") for p in weights),
+        gpu_bytes=_gpu_bytes() if device.startswith("cuda") else None,
+    )
+
+
+def _config_dtype(model_dir: Path) -> str:
+    try:
+        config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "float32"
+    return str(config.get("torch_dtype") or config.get("dtype") or "float32")
+
+
+def free_ram_bytes() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _gpu_bytes() -> int | None:
+    # Only on a CUDA merge, which initialises CUDA anyway.
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return int(torch.cuda.get_device_properties(0).total_memory)

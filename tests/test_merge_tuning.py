@@ -1,0 +1,84 @@
+"""Merge auto-tuning: a pure choice from size, memory and device; explicit settings win."""
+
+from __future__ import annotations
+
+import pytest
+
+from publisher.merge import tuned_merge_request
+from publisher.merge_tuning import GB, MB, MergeFacts, choose_merge_options
+from publisher.recipe import load_recipe
+
+EXPLICIT = "set by the recipe or a flag"
+
+
+def choose(**facts):
+    return choose_merge_options(MergeFacts(**{"free_ram_bytes": 16 * GB, **facts})).options
+
+
+@pytest.mark.parametrize(
+    ("output_bytes", "shard"),
+    [(3 * GB, 200 * MB), (20 * GB, 200 * MB), (140 * GB, 1_400_000_000), (2000 * GB, 5 * GB)],
+)
+def test_shard_size_is_small_until_there_would_be_too_many_shards(output_bytes, shard):
+    assert choose(output_bytes=output_bytes)["out_shard_size"] == shard
+
+
+def test_async_write_needs_a_spare_cpu_and_free_memory():
+    roomy = choose(output_bytes=3 * GB, cpus=4)
+    assert roomy["async_write"] is True and roomy["write_threads"] == 2
+    assert choose(output_bytes=3 * GB, cpus=1)["async_write"] is False
+    tight = choose(output_bytes=12 * GB, cpus=4, free_ram_bytes=2 * GB)
+    assert tight["async_write"] is False and tight["write_threads"] == 1
+
+
+def test_threads_follow_the_cpus_this_process_may_use():
+    assert choose(output_bytes=GB, cpus=3)["num_threads"] == 3
+
+
+def test_lazy_unpickle_only_for_pickled_parents():
+    assert choose(output_bytes=GB, pickled_parents=True)["lazy_unpickle"] is True
+    assert choose(output_bytes=GB)["lazy_unpickle"] is False
+
+
+def test_results_stay_on_the_gpu_only_when_it_holds_them():
+    assert choose(output_bytes=GB, device="cuda", gpu_bytes=80 * GB)["low_cpu_memory"] is True
+    assert choose(output_bytes=GB, device="cuda", gpu_bytes=GB)["low_cpu_memory"] is False
+    assert choose(output_bytes=GB, device="cuda")["low_cpu_memory"] is False
+    assert choose(output_bytes=GB, gpu_bytes=80 * GB)["low_cpu_memory"] is False
+
+
+def test_explicit_settings_are_kept_with_their_reason():
+    facts = MergeFacts(output_bytes=3 * GB, free_ram_bytes=16 * GB, cpus=4)
+    explicit = {"out_shard_size": "5B", "async_write": False, "num_threads": 1}
+    tuning = choose_merge_options(facts, explicit)
+    assert {k: tuning.options[k] for k in explicit} == explicit
+    assert all(tuning.reasons[k] == EXPLICIT for k in explicit)
+    # write_threads follows the explicit async_write, not the free memory.
+    assert tuning.options["write_threads"] == 1
+    assert tuning.reasons["lazy_unpickle"] != EXPLICIT
+
+
+def test_recipe_settings_win_and_the_rest_is_measured_from_the_parents(write_recipe, tiny_parents):
+    path = write_recipe(
+        """\
+        slices:
+          - sources:
+              - {model: {base}, layer_range: [0, 4]}
+              - {model: {other}, layer_range: [0, 4]}
+        merge_method: slerp
+        base_model: {base}
+        parameters: {t: 0.5}
+        dtype: bfloat16
+        publish:
+          merge: {out_shard_size: 1B, write_threads: 3}
+        """
+    )
+    recipe = load_recipe(path)
+    base, other = tiny_parents
+    request, tuning = tuned_merge_request(recipe, {str(base): base, str(other): other})
+    assert request.out_shard_size == "1B" and request.write_threads == 3
+    assert tuning.reasons["out_shard_size"] == tuning.reasons["write_threads"] == EXPLICIT
+    assert request.num_threads == tuning.facts["cpus"] >= 1
+    # float32 parents merged into bfloat16: half their weight bytes.
+    parent_bytes = sum(p.stat().st_size for p in base.glob("*.safetensors"))
+    assert tuning.facts["output_bytes"] == parent_bytes // 2
