@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(PY) bench/merge_overhead.py
 	$(PY) bench/merge_scaling.py
 	$(PY) bench/verify_cost.py
+	flock /tmp/publisher-heavy.lock $(PY) bench/merge_targets.py
 
 clean:
 	rm -rf build runs

@@ -174,14 +174,17 @@ class Parents:
     built_seconds: float | None  # None when reused from the cache
 
 
-def ensure_parents(label: str, spec: ParentSpec, cache_root: Path = CACHE_ROOT) -> Parents:
+def ensure_parents(
+    label: str, spec: ParentSpec, cache_root: Path = CACHE_ROOT, dtype: str = "float32"
+) -> Parents:
     """Build (in a child process) or reuse the parent pair for `spec` under `cache_root`.
 
     The cache directory is `parents-<label>`; it is rebuilt when its recorded spec differs.
+    `dtype` "bfloat16" stores the weights in bf16 (built in float32, then converted).
     """
     root = cache_root / f"parents-{label}"
     marker = root / "spec.json"
-    wanted = {"version": PARENT_CACHE_VERSION, "dtype": "float32", "spec": asdict(spec)}
+    wanted = {"version": PARENT_CACHE_VERSION, "dtype": dtype, "spec": asdict(spec)}
     base, other = (root / name for name in PARENT_NAMES)
     built_seconds = None
     cached = (
@@ -202,11 +205,12 @@ def ensure_parents(label: str, spec: ParentSpec, cache_root: Path = CACHE_ROOT) 
         root.mkdir(parents=True)
         print(
             f"building {label} parents ({format_count(spec.expected_params())} params each, "
-            f"float32) in {root} ...",
+            f"{dtype}) in {root} ...",
             flush=True,
         )
         start = time.perf_counter()
         cmd = [PYTHON, str(CHILD), "build-parents", str(root), json.dumps(asdict(spec))]
+        cmd += ["--dtype", dtype]
         result = subprocess.run(cmd, env=child_env(), capture_output=True, text=True)
         if result.returncode != 0:
             sys.stderr.write(result.stdout + result.stderr)

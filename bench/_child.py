@@ -1,8 +1,8 @@
 """Child processes of the merge benchmarks (not a benchmark itself).
 
-python bench/_child.py build-parents ROOT SPEC_JSON
-    Build two synthetic float32 Mistral parents, ROOT/base (seed 1) and ROOT/other (seed 2),
-    with `publisher.tiny.build_tiny_parent`.
+python bench/_child.py build-parents ROOT SPEC_JSON [--dtype bfloat16]
+    Build two synthetic Mistral parents, ROOT/base (seed 1) and ROOT/other (seed 2), with
+    `publisher.tiny.build_tiny_parent` (float32), converted to `--dtype` when given.
 
 python bench/_child.py weight-check RECIPE MERGED_DIR [--report FILE]
     What `publisher run --stages weights` does for local parents: load the recipe, resolve the
@@ -27,12 +27,37 @@ from pathlib import Path
 _START = time.perf_counter()
 
 
-def build_parents(root: Path, spec_json: str) -> None:
+def build_parents(root: Path, spec_json: str, dtype: str = "float32") -> None:
     from publisher.tiny import TinyModelSpec, build_tiny_parent
 
     spec = TinyModelSpec(**json.loads(spec_json))
     for seed, name in ((1, "base"), (2, "other")):
         build_tiny_parent(root / name, seed=seed, spec=spec)
+        if dtype != "float32":
+            convert_weights(root / name, dtype)
+
+
+def convert_weights(model_dir: Path, dtype: str) -> None:
+    """Rewrite a model directory's safetensors (and config) in `dtype`, one file at a time."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    torch_dtype = getattr(torch, dtype)
+    total = 0
+    for path in sorted(model_dir.glob("*.safetensors")):
+        tensors = {k: v.to(torch_dtype) for k, v in load_file(path).items()}
+        total += sum(t.numel() * t.element_size() for t in tensors.values())
+        save_file(tensors, path, metadata={"format": "pt"})
+        del tensors
+    index = model_dir / "model.safetensors.index.json"
+    if index.exists():
+        data = json.loads(index.read_text())
+        data.setdefault("metadata", {})["total_size"] = total
+        index.write_text(json.dumps(data, indent=2))
+    config_path = model_dir / "config.json"
+    config = json.loads(config_path.read_text())
+    config["dtype"] = dtype
+    config_path.write_text(json.dumps(config, indent=2))
 
 
 def pipeline_merge(recipe_path: Path, out_dir: Path, report: Path | None, resolve: bool) -> None:
@@ -122,6 +147,7 @@ def main() -> None:
     p = sub.add_parser("build-parents")
     p.add_argument("root", type=Path)
     p.add_argument("spec_json")
+    p.add_argument("--dtype", default="float32")
     p = sub.add_parser("pipeline-merge")
     p.add_argument("recipe", type=Path)
     p.add_argument("out_dir", type=Path)
@@ -133,7 +159,7 @@ def main() -> None:
     p.add_argument("--report", type=Path)
     args = parser.parse_args()
     if args.command == "build-parents":
-        build_parents(args.root, args.spec_json)
+        build_parents(args.root, args.spec_json, args.dtype)
     elif args.command == "weight-check":
         raise SystemExit(weight_check(args.recipe, args.merged, args.report))
     else:

@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -82,9 +83,15 @@ def hash_inputs(*parts: Any) -> str:
 
 @functools.cache
 def tool_versions() -> dict[str, str]:
-    # Cached: each lookup scans site-packages' metadata, and a run asks several times.
+    # Cached, and read from modules already imported where they say: each metadata lookup
+    # scans site-packages, which a merge's start-up should not pay for (mergekit says nothing).
     versions = {"python": platform.python_version()}
     for name in TOOLS:
+        module = sys.modules.get(name)
+        known = getattr(module, "__version__", None) if module else None
+        if isinstance(known, str):
+            versions[name] = known
+            continue
         dist = {"lm_eval": "lm-eval", "huggingface_hub": "huggingface_hub"}.get(name, name)
         try:
             versions[name] = version(dist)
@@ -93,13 +100,17 @@ def tool_versions() -> dict[str, str]:
     return versions
 
 
-def hardware() -> dict[str, Any]:
-
+def hardware(device: str = "cpu") -> dict[str, Any]:
+    """The machine, for the manifest. CUDA is probed only for a CUDA run (`cuda` None: not
+    probed): initialising it costs a CPU run's start-up time for nothing."""
     info: dict[str, Any] = {
         "platform": platform.platform(),
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
+        "cuda": None,
     }
+    if not device.startswith("cuda"):
+        return info
     try:
         import torch
 
@@ -550,7 +561,7 @@ def run_pipeline(
             "recipe_sha256": recipe.sha256,
             "repo_id": settings.hub.repo_id,
             "tool_versions": tool_versions(),
-            "hardware": hardware(),
+            "hardware": hardware("cuda" if settings.merge.cuda else settings.device),
             "settings": settings.model_dump(mode="json"),
         }
     )
