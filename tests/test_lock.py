@@ -8,11 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import tomllib
+import pytest
 from conftest import LOCAL_HUB_TOKEN
 from huggingface_hub import HfApi
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+
+# tomllib is Python 3.11+; the project supports 3.10, where this module is skipped.
+tomllib = pytest.importorskip("tomllib")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOCK_IN = REPO_ROOT / "requirements" / "publish.in"
