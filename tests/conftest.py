@@ -86,7 +86,8 @@ def write_recipe(tmp_path: Path, tiny_parents: tuple[Path, Path]):
     return write
 
 
-TINY_RUN_RECIPE = """\
+# The SLERP part of the tiny recipes: four layers, a schedule per filter and a fallback.
+TINY_SLERP = """\
 slices:
   - sources:
       - model: {base}
@@ -102,6 +103,11 @@ parameters:
     - filter: mlp
       value: [1, 0.5, 0.7, 0.3, 0]
     - value: 0.5
+"""
+
+TINY_RUN_RECIPE = (
+    TINY_SLERP
+    + """\
 dtype: float32
 publish:
   repo_id: tester/tiny-run
@@ -112,6 +118,7 @@ publish:
     tasks: [publisher_tiny_qa]
     limit: 10
 """
+)
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_SLERP
 from safetensors.torch import load_file, save_file
 
 from publisher.cli import main
@@ -31,22 +32,9 @@ from publisher.weights import (
     remerge,
 )
 
-NEAR_COPY_RECIPE = """\
-slices:
-  - sources:
-      - model: {base}
-        layer_range: [0, 4]
-      - model: {other}
-        layer_range: [0, 4]
-merge_method: slerp
-base_model: {base}
-parameters:
-  t:
-    - filter: self_attn
-      value: [0, 0.5, 0.3, 0.7, 1]
-    - filter: mlp
-      value: [1, 0.5, 0.7, 0.3, 0]
-    - value: 0.5
+NEAR_COPY_RECIPE = (
+    TINY_SLERP
+    + """\
 dtype: {dtype}
 publish:
   repo_id: tester/near-copy
@@ -54,6 +42,7 @@ publish:
   smoke:
     max_new_tokens: 4
 """
+)
 
 
 @pytest.fixture(scope="session")
