@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,19 +38,43 @@ def test_hardware_listing_parses_with_prices(api: HfApi) -> None:
     assert round(flavors["a100-large"].unit_cost_usd * 60, 2) == 2.50
 
 
+class _TouchOnRetry(logging.Handler):
+    """Creates `marker` when huggingface_hub announces it will reconnect a broken log stream."""
+
+    def __init__(self, marker: Path) -> None:
+        super().__init__()
+        self.marker = marker
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("Retrying"):
+            self.marker.touch()
+
+
 def test_job_runs_with_secret_in_env_only_and_logs_survive_a_cut_stream(
-    api: HfApi, hub: LocalHub
+    api: HfApi, hub: LocalHub, tmp_path: Path
 ) -> None:
     secret = "s3cret-value-123"
+    reconnecting = tmp_path / "reconnecting"
+    # "two" waits until the client, having seen the cut and the job still running, says it will
+    # reconnect: it stops following a job that finished meanwhile, so a timed sleep here made the
+    # test depend on the machine's load.
+    wait = f"until [ -e {reconnecting} ]; do sleep 0.05; done"
     job = api.run_job(
         image="python:3.12",
-        command=["sh", "-c", 'echo one; printf "%s" "$MY_SECRET" | wc -c; sleep 0.3; echo two'],
+        command=["sh", "-c", f'echo one; printf "%s" "$MY_SECRET" | wc -c; {wait}; echo two'],
         secrets={"MY_SECRET": secret},
         env={"PLAIN": "x"},
+        timeout=60,
     )
     assert secret not in str(job) and job.secrets == {"MY_SECRET": None}
     hub.faults.add("GET", r"/api/jobs/.+/logs$", "cut")  # the first stream breaks off
-    lines = list(api.fetch_job_logs(job_id=job.id, follow=True))
+    hf_api_logger = logging.getLogger("huggingface_hub.hf_api")
+    handler = _TouchOnRetry(reconnecting)
+    hf_api_logger.addHandler(handler)
+    try:
+        lines = list(api.fetch_job_logs(job_id=job.id, follow=True))
+    finally:
+        hf_api_logger.removeHandler(handler)
     assert lines == ["one", str(len(secret)), "two"]  # each line once, though it reconnected
     assert hub.stats.count("GET", r"/logs$") >= 2
     done = api.inspect_job(job_id=job.id)

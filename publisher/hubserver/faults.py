@@ -290,19 +290,16 @@ def _is_cut(exc: BaseException) -> bool:
 
 def _cut_after_first_chunk(send: Send, observe: Callable[[Message], None]) -> Send:
     """A `send` that passes the response start and one body chunk (marked as not the last),
-    then refuses the rest: the endpoint stops and the server closes the unfinished response."""
-    chunks = 0
+    then stops the endpoint: the server closes the unfinished response. It closes at once, not
+    at the endpoint's next chunk, so a silent stream (a job waiting) breaks off too."""
 
     async def cut(message: Message) -> None:
-        nonlocal chunks
         observe(message)
         if message["type"] != "http.response.body":
             await send(message)
             return
-        if chunks:
-            raise _Cut
-        chunks += 1
         await send({**message, "more_body": True})
+        raise _Cut
 
     return cut
 
