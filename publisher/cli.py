@@ -219,7 +219,8 @@ def _port(text: str) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from publisher.pipeline import default_run_dir, run_pipeline, stage_table
+    from publisher.manifest import stage_table
+    from publisher.pipeline import default_run_dir, run_pipeline
     from publisher.recipe import load_recipe
     from publisher.settings import MERGE_FLAGS, resolve_settings
 
@@ -245,7 +246,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _run_on_jobs(args: argparse.Namespace, recipe, run_dir: Path, given) -> int:
     from publisher.jobs import JobOptions, JobsError, run_on_jobs
-    from publisher.pipeline import stage_table
+    from publisher.manifest import stage_table
 
     if args.stages is not None or args.force:
         raise JobsError("--on hf-jobs runs every stage in a fresh job: drop --stages and --force")

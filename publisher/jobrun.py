@@ -166,8 +166,8 @@ def finish(spec: JobSpec) -> int:
 def _verify_and_push(spec: JobSpec, work: Path) -> int:
     from publisher.card import resolve_templates_dir
     from publisher.hub import fetch_parents, push_run
+    from publisher.manifest import Manifest
     from publisher.parents import resolve_parents
-    from publisher.pipeline import Manifest
     from publisher.recipe import load_recipe
     from publisher.rundir import RunDir
     from publisher.schedule import build_plan, write_plan

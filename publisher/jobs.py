@@ -38,7 +38,8 @@ from typing import Any
 import publisher
 from publisher.errors import PublisherError
 from publisher.jobrun import BUNDLE_MOUNT, OUT_MOUNT, RECORD_FILES, JobSpec
-from publisher.pipeline import hash_inputs, run_pipeline
+from publisher.manifest import hash_inputs
+from publisher.pipeline import run_pipeline
 from publisher.recipe import Recipe
 from publisher.report import Log, reporter
 from publisher.settings import Overrides, resolve_settings

@@ -2,7 +2,7 @@
 directory.
 
 Each stage reads and writes files in the run directory (see `publisher.rundir`), and records in
-`manifest.json` its status, timing and a hash of its inputs. A stage whose inputs are unchanged
+`manifest.json` (`publisher.manifest`) its status, timing and a hash of its inputs. A stage whose inputs are unchanged
 since its last successful run is skipped; `force` redoes it. When a stage fails the run stops
 there with one plain message, and no later stage runs: the card only shows reports whose stage
 succeeded on the current inputs, and nothing is pushed unless verify passed.
@@ -15,31 +15,21 @@ weight check's report when it is current and re-runs the check when it is not.
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
-import os
-import platform
 import shutil
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from importlib.metadata import PackageNotFoundError, version
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from publisher.digests import sha256_file
 from publisher.errors import PublisherError
+from publisher.manifest import Manifest, StageRecord, hardware, hash_inputs, now, tool_versions
 from publisher.parents import ParentInfo, resolve_parents
 from publisher.recipe import Recipe
 from publisher.recipe_paths import chat_template_text
 from publisher.report import Log, Reporter, reporter
 from publisher.rundir import RunDir
 from publisher.settings import DEFAULT_STAGES, STAGES, Settings, parse_stages
-
-TOOLS = ("publisher", "mergekit", "transformers", "torch", "huggingface_hub", "lm_eval", "jinja2")
 
 
 class StageError(PublisherError):
@@ -48,114 +38,6 @@ class StageError(PublisherError):
     def __init__(self, stage: str, message: str):
         self.stage = stage
         super().__init__(f"stage '{stage}' failed: {message}")
-
-
-@dataclass
-class StageRecord:
-    """One stage's entry in `manifest.json`."""
-
-    status: str  # "ok", "failed" or "skipped" (ok earlier, inputs unchanged)
-    input_hash: str
-    seconds: float = 0.0
-    finished_at: str = ""
-    error: str | None = None
-    outputs: list[str] = field(default_factory=list)
-
-
-def hash_inputs(*parts: Any) -> str:
-    """A content hash of stage inputs: files and directories by bytes, other values by JSON."""
-    digest = hashlib.sha256()
-    for part in parts:
-        if isinstance(part, Path):
-            if part.is_dir():
-                for file in sorted(p for p in part.rglob("*") if p.is_file()):
-                    digest.update(str(file.relative_to(part)).encode())
-                    digest.update(sha256_file(file).encode())
-            elif part.exists():
-                digest.update(sha256_file(part).encode())
-            else:
-                digest.update(b"<missing>")
-        else:
-            digest.update(json.dumps(part, sort_keys=True, default=str).encode())
-        digest.update(b"\0")
-    return digest.hexdigest()
-
-
-@functools.cache
-def tool_versions() -> dict[str, str]:
-    # Cached, and read from modules already imported where they say: each metadata lookup
-    # scans site-packages, which a merge's start-up should not pay for (mergekit says nothing).
-    versions = {"python": platform.python_version()}
-    for name in TOOLS:
-        module = sys.modules.get(name)
-        known = getattr(module, "__version__", None) if module else None
-        if isinstance(known, str):
-            versions[name] = known
-            continue
-        dist = {"lm_eval": "lm-eval", "huggingface_hub": "huggingface_hub"}.get(name, name)
-        try:
-            versions[name] = version(dist)
-        except PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
-
-
-def hardware(device: str = "cpu") -> dict[str, Any]:
-    """The machine, for the manifest. CUDA is probed only for a CUDA run (`cuda` None: not
-    probed): initialising it costs a CPU run's start-up time for nothing."""
-    info: dict[str, Any] = {
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
-        "cuda": None,
-    }
-    if not device.startswith("cuda"):
-        return info
-    try:
-        import torch
-
-        info["cuda"] = torch.cuda.is_available()
-        if info["cuda"]:
-            info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    except ImportError:  # torch is a dependency, but the manifest must not need it
-        info["cuda"] = False
-    return info
-
-
-class Manifest:
-    """`manifest.json`: per-stage records plus tool versions and hardware."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.data: dict[str, Any] = {"stages": {}}
-        if self.path.exists():
-            try:
-                self.data = json.loads(self.path.read_text(encoding="utf-8"))
-            except ValueError:
-                self.data = {"stages": {}}
-        self.data.setdefault("stages", {})
-
-    def record(self, stage: str) -> StageRecord | None:
-        raw = self.data["stages"].get(stage)
-        return StageRecord(**raw) if raw else None
-
-    def set(self, stage: str, record: StageRecord) -> None:
-        self.data["stages"][stage] = record.__dict__.copy()
-        self.save()
-
-    def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps(self.data, indent=2) + "\n", encoding="utf-8")
-
-    def is_current(self, stage: str, input_hash: str) -> bool:
-        """The stage succeeded on these inputs and its outputs are still in the run directory."""
-        rec = self.record(stage)
-        return (
-            rec is not None
-            and rec.status in ("ok", "skipped")
-            and rec.input_hash == input_hash
-            and all((self.path.parent / output).exists() for output in rec.outputs or [])
-        )
 
 
 @dataclass
@@ -603,7 +485,7 @@ def run_pipeline(
                 seconds = time.monotonic() - started
                 error = _as_stage_error(stage, exc)
                 manifest.set(
-                    stage, StageRecord("failed", input_hash, round(seconds, 3), _now(), str(error))
+                    stage, StageRecord("failed", input_hash, round(seconds, 3), now(), str(error))
                 )
                 raise error from None
         seconds = time.monotonic() - started
@@ -615,7 +497,7 @@ def run_pipeline(
                 "ok",
                 STAGE_INPUTS[stage](ctx) if stage != "push" else input_hash,
                 round(seconds, 3),
-                _now(),
+                now(),
                 None,
                 [str(p.relative_to(run.root)) for p in outputs],
             ),
@@ -639,23 +521,8 @@ def _as_stage_error(stage: str, exc: BaseException) -> StageError:
     return StageError(stage, f"{exc}" if str(exc) else type(exc).__name__)
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 def default_run_dir(recipe: Recipe) -> Path:
     return Path("runs") / recipe.name
-
-
-def stage_table(manifest_path: Path) -> str:
-    """Markdown table of stage statuses and timings (for the Actions job summary)."""
-    data = json.loads(Path(manifest_path).read_text(encoding="utf-8"))
-    lines = ["| stage | status | seconds |", "|---|---|---:|"]
-    for stage in STAGES:
-        rec = data["stages"].get(stage)
-        if rec:
-            lines.append(f"| {stage} | {rec['status']} | {rec['seconds']:.1f} |")
-    return "\n".join(lines)
 
 
 def _path_or_none(path: str | None) -> Path | None:
