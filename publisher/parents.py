@@ -397,6 +397,13 @@ MUST_SHARE: tuple[tuple[str, str], ...] = (
     ("num_attention_heads", _SAME_SHAPES),
     ("num_key_value_heads", _SAME_SHAPES),
     ("head_dim", _SAME_SHAPES),
+    (
+        # A tied parent stores no lm_head: mergekit would blend the untied parent's lm_head
+        # with the tied one's embeddings, a pairing neither parent was trained with.
+        "tie_word_embeddings",
+        "SLERP needs both parents to tie their output layer to the input embeddings, or "
+        "neither; merge two fine-tunes of one base model",
+    ),
 )
 """config.json fields two SLERP parents must share, each with what to do when they differ."""
 

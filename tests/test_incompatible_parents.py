@@ -1,6 +1,7 @@
-"""Parents SLERP cannot merge (another architecture, other shapes, another vocabulary) are
-refused from their config.json, before any weight is downloaded: one `FILE:LINE:COL:` line at the
-other parent in the recipe, naming both parents and the field, never mergekit's traceback."""
+"""Parents SLERP cannot merge (another architecture, other shapes, another vocabulary, tied
+embeddings against untied ones) are refused from their config.json, before any weight is
+downloaded: one `FILE:LINE:COL:` line at the other parent in the recipe, naming both parents and
+the field, never mergekit's traceback."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ CASES = {
     "architecture": ("architectures", {"arch": "qwen2"}),
     "shapes": ("intermediate_size", {"intermediate_size": 96}),
     "vocabulary": ("vocab_size", {"vocab_size": 300}),
+    # a tied parent has no lm_head: mergekit would blend the other's lm_head with nothing
+    "tied-embeddings": ("tie_word_embeddings", {"tie_word_embeddings": True}),
 }
 
 
