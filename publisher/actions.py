@@ -86,7 +86,7 @@ def _workspace_path(file: str) -> str:
     return file
 
 
-def annotate_problem(problem: Problem) -> None:
+def annotate_problem(problem: Problem, title: str = "invalid recipe") -> None:
     """An error annotation on the recipe's file and line."""
     if not in_actions():
         return
@@ -94,7 +94,7 @@ def annotate_problem(problem: Problem) -> None:
 
     gat.error(
         _escape(problem.message),
-        title="invalid recipe",
+        title=title,
         file=_workspace_path(problem.file),
         line=problem.line,
         col=problem.column,

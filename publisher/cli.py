@@ -700,7 +700,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 actions.annotate_problem(problem)
         else:
             _err(f"error: {exc}")
-            actions.annotate_error(str(exc))
+            for problem in exc.problems:
+                actions.annotate_problem(problem, title="publisher")
+            if not exc.problems:
+                actions.annotate_error(str(exc))
         return EXIT_FAIL
     except KeyboardInterrupt:
         _err("interrupted")

@@ -8,9 +8,23 @@ that escapes is a bug, shown as "unexpected".
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from publisher.recipe_yaml import Problem
+
 
 class PublisherError(Exception):
-    """A failure the user can act on; the message says what happened and what to do."""
+    """A failure the user can act on; the message says what happened and what to do.
+
+    Attributes:
+        problems: where in a recipe the failure is, when it is there (e.g. the line naming a
+            parent that cannot be merged); the CLI annotates each on its file and line in
+            GitHub Actions. Empty for a failure that no recipe line causes.
+    """
+
+    problems: Sequence[Problem] = ()
 
 
 class CommandError(PublisherError):

@@ -21,6 +21,7 @@ from typing import Any
 from publisher.digests import sha256_file
 from publisher.errors import PublisherError
 from publisher.recipe import Recipe
+from publisher.recipe_yaml import Problem
 from publisher.upload import MODEL_FILES
 
 LOCK_VERSION = 1
@@ -72,7 +73,17 @@ class ParentInfo:
 
 
 class ParentError(PublisherError):
-    """A parent cannot be resolved; the message says which and what to do."""
+    """A parent cannot be resolved or merged; the message says which and what to do.
+
+    Built from a `Problem` when one recipe line is at fault (`ParentError.at(...)`), so that
+    the failure is annotated on that line like a recipe error.
+    """
+
+    @classmethod
+    def at(cls, problem: Problem) -> ParentError:
+        error = cls(str(problem))
+        error.problems = (problem,)
+        return error
 
 
 def _local_candidate(ref: str, recipe_dir: Path) -> Path:
@@ -447,7 +458,7 @@ def check_compatible(recipe: Recipe, parents: list[ParentInfo]) -> None:
             f"parents '{base.ref}' and '{other.ref}' differ in {listing}, by their "
             f"config.json; {hint}"
         )
-        raise ParentError(str(recipe.model_problem(other.ref, message)))
+        raise ParentError.at(recipe.model_problem(other.ref, message))
 
 
 def _offline() -> bool:

@@ -518,7 +518,10 @@ def run_pipeline(
 def _as_stage_error(stage: str, exc: BaseException) -> StageError:
     if isinstance(exc, StageError):
         return exc
-    return StageError(stage, f"{exc}" if str(exc) else type(exc).__name__)
+    error = StageError(stage, f"{exc}" if str(exc) else type(exc).__name__)
+    if isinstance(exc, PublisherError):
+        error.problems = exc.problems  # still annotated on the recipe line at fault
+    return error
 
 
 def default_run_dir(recipe: Recipe) -> Path:

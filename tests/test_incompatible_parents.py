@@ -85,3 +85,28 @@ def test_hub_parents_are_refused_before_any_weight_is_downloaded(
     downloads = [r for r in local_hub.stats.requests if r.status != 206]
     assert not [r.path for r in downloads if r.path.endswith(".safetensors")]
     assert not list((tmp_path / "hf-home").rglob("*.safetensors"))
+
+
+def test_the_refusal_is_annotated_on_the_other_parents_line(
+    odd_parents, tmp_path, monkeypatch, capsys
+):
+    """In GitHub Actions the refusal is an error annotation on the recipe's line, like a
+    recipe problem, through the run's stage error too."""
+    base, other = odd_parents["tied-embeddings"]
+    recipe = tmp_path / "recipes" / "odd.yaml"
+    recipe.parent.mkdir()
+    recipe.write_text(TWO_PARENT_RECIPE.format(base=base, other=other), encoding="utf-8")
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    monkeypatch.setenv("GITHUB_WORKSPACE", str(tmp_path))
+    for argv in (["plan", str(recipe)], ["run", str(recipe), "--out", str(tmp_path / "run")]):
+        assert main(argv) == 1
+        out = capsys.readouterr().out
+        (line,) = [line for line in out.splitlines() if line.startswith("::error")]
+        opts, _, message = line.removeprefix("::error ").partition("::")
+        assert dict(kv.split("=", 1) for kv in opts.split(",")) == {
+            "title": "publisher",
+            "file": "recipes/odd.yaml",
+            "line": "3",
+            "col": "12",
+        }
+        assert message.startswith(f"parents '{base}' and '{other}' differ in tie_word_embeddings")
