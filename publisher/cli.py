@@ -608,6 +608,12 @@ def build_parser() -> argparse.ArgumentParser:
         ("--num-threads", "torch CPU threads for the merge"),
     ):
         p.add_argument(flag, type=_count, help=f"{what} (default: the recipe's, else auto-tuned)")
+    p.add_argument(
+        "--parent-reads",
+        choices=("mmap", "pread"),
+        help="read safetensors parents memory-mapped, or copied tensor by tensor with pread "
+        "(default: the recipe's, else auto-tuned)",
+    )
     p.add_argument("--eval-suite", choices=SUITES, help="overrides the recipe's eval suite")
     p.add_argument(
         "--eval-limit",

@@ -7,6 +7,8 @@ looked up on the Hub); Hub parents are downloaded first at their locked commit.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -39,6 +41,9 @@ class MergeRequest:
         write_threads: how many threads write shards when `async_write`, e.g. 1.
         num_threads: torch's CPU threads (None: torch's default).
         quiet: suppress mergekit's progress bars.
+        parent_reads: how safetensors parents are read: `"mmap"` (safetensors' default: the
+            files are mapped, and every page read stays resident until the merge ends) or
+            `"pread"` (each tensor copied into memory freed once it is merged).
     """
 
     device: str = "cpu"
@@ -49,6 +54,7 @@ class MergeRequest:
     write_threads: int = 1
     num_threads: int | None = None
     quiet: bool = False
+    parent_reads: str = "mmap"
 
 
 def merge_request_for(
@@ -137,13 +143,44 @@ def run_merge_stage(
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
     try:
-        run_merge(config, str(out_dir), options=options)
+        with safetensors_reads(request.parent_reads):
+            run_merge(config, str(out_dir), options=options)
     except (RuntimeError, ValueError, OSError, TypeError) as exc:
         raise MergeError(f"mergekit failed: {exc}") from exc
     if not any(out_dir.glob("*.safetensors")):
         raise MergeError(f"mergekit wrote no safetensors into {out_dir}")
     write_mergekit_config(recipe, parents, out_dir)
     return out_dir
+
+
+@contextmanager
+def safetensors_reads(backend: str) -> Iterator[None]:
+    """While open, mergekit reads safetensors parents with safetensors' `backend`.
+
+    mergekit's `TensorLoader.get` opens each safetensors shard with `safe_open` and no backend,
+    i.e. memory-mapped, and offers no option for it; its other loaders (pickled weights) are
+    left as they are. `"mmap"` changes nothing.
+    """
+    if backend == "mmap":
+        yield
+        return
+    import safetensors
+    from mergekit.io.loader import TensorLoader
+
+    original = TensorLoader.__dict__["get"]
+
+    def get(cls, shard_path: str, use_lazy_unpickle: bool = False, device: str | None = None):
+        if shard_path.lower().endswith(".safetensors"):
+            return safetensors.safe_open(
+                shard_path, framework="pt", device=device or "cpu", backend=backend
+            )
+        return original.__func__(cls, shard_path, use_lazy_unpickle, device)
+
+    TensorLoader.get = classmethod(get)
+    try:
+        yield
+    finally:
+        TensorLoader.get = original
 
 
 def write_mergekit_config(recipe: Recipe, parents: list[ParentInfo], out_dir: Path) -> Path:

@@ -37,7 +37,11 @@ TUNED = (
     "num_threads",
     "lazy_unpickle",
     "low_cpu_memory",
+    "parent_reads",
 )
+# safetensors' `backend="pread"` (reads tensor bytes into memory of their own, no file mapping)
+# first shipped in safetensors 0.8.
+PREAD_SAFETENSORS = (0, 8)
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,7 @@ class MergeFacts:
         cpus: CPUs this process may run on, e.g. 2.
         pickled_parents: some parent ships `.bin`/`.pt` (pickle) weights, not safetensors.
         gpu_bytes: accelerator memory when known (None on CPU or when not probed).
+        pread_available: the installed safetensors can read with `pread` instead of `mmap`.
     """
 
     output_bytes: int
@@ -59,6 +64,7 @@ class MergeFacts:
     cpus: int = 1
     pickled_parents: bool = False
     gpu_bytes: int | None = None
+    pread_available: bool = False
 
 
 @dataclass
@@ -87,6 +93,7 @@ def choose_merge_options(facts: MergeFacts, explicit: dict[str, Any] | None = No
         "async_write": _async_write,
         "lazy_unpickle": _lazy_unpickle,
         "low_cpu_memory": _low_cpu_memory,
+        "parent_reads": _parent_reads,
     }
     for name, choose in choices.items():
         if name not in explicit:
@@ -137,6 +144,22 @@ def _low_cpu_memory(facts: MergeFacts) -> tuple[bool, str]:
     return False, "GPU memory unknown or too small to keep the results on it"
 
 
+def _parent_reads(facts: MergeFacts) -> tuple[str, str]:
+    # A memory-mapped parent stays mapped while mergekit reads it, so every page it has touched
+    # counts in the process's RSS until the merge ends: both parents whole, at the end. With
+    # pread each tensor is copied into memory that is freed once merged (bench/README.md,
+    # merge_targets, has the figures). GPU loads keep mmap: not measured on a GPU yet.
+    if facts.device.startswith("cuda"):
+        return "mmap", "GPU merge: safetensors' default loader"
+    if facts.pickled_parents:
+        return "mmap", "pickled parents: pread applies to safetensors files only"
+    if not facts.pread_available:
+        return "mmap", "this safetensors has no pread backend (0.8 or later has)"
+    return "pread", (
+        "memory-mapped parents count in peak RSS whole; pread holds only the tensors in flight"
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # facts from the machine and the parents' files (no weights read, no CUDA probed)
 
@@ -157,6 +180,7 @@ def measure_facts(parent_dirs: list[Path], out_dtype: str | None, device: str) -
         cpus=available_cpus(),
         pickled_parents=any(not p.name.endswith(".safetensors") for p in weights),
         gpu_bytes=_gpu_bytes() if device.startswith("cuda") else None,
+        pread_available=safetensors_has_pread(),
     )
 
 
@@ -183,6 +207,17 @@ def available_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def safetensors_has_pread() -> bool:
+    """Whether `safetensors.safe_open` takes `backend="pread"` (imported by mergekit anyway)."""
+    import safetensors
+
+    try:
+        version = tuple(int(part) for part in safetensors.__version__.split(".")[:2])
+    except (AttributeError, ValueError):
+        return False
+    return version >= PREAD_SAFETENSORS
 
 
 def _gpu_bytes() -> int | None:

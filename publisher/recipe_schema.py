@@ -449,6 +449,9 @@ class MergeSettings(PublishModel):
     async_write: bool = False
     write_threads: int = Field(default=1, ge=1, le=64)
     num_threads: int | None = Field(default=None, ge=1, le=1024)
+    # Not a MergeOptions field: how mergekit's safetensors loader reads the parents
+    # (safetensors' `backend`): "mmap" maps the files, "pread" copies tensor by tensor.
+    parent_reads: Literal["mmap", "pread"] = "mmap"
 
     @field_validator("out_shard_size", mode="plain")
     @classmethod

@@ -35,6 +35,7 @@ MERGE_FLAGS = (
     "async_write",
     "write_threads",
     "num_threads",
+    "parent_reads",
 )
 
 SectionT = TypeVar("SectionT", EvalSettings, MergeSettings)

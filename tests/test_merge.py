@@ -4,13 +4,16 @@ replaced. (Parents that cannot be merged are refused earlier: test_incompatible_
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import TWO_PARENT_RECIPE
+from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
-from publisher.merge import MergeError, run_merge_stage
+from publisher.merge import MergeError, MergeRequest, run_merge_stage, safetensors_reads
 from publisher.parents import resolve_parents
 from publisher.recipe import load_recipe
 
@@ -56,3 +59,47 @@ def test_missing_parent_is_a_clear_error(write_recipe, tmp_path, tiny_parents):
     dirs[str(other)] = tmp_path / "gone"
     with pytest.raises(MergeError, match="is missing"):
         run_merge_stage(recipe, parents, dirs, tmp_path / "out")
+
+
+def _mapped(path: Path) -> bool:
+    return str(path.resolve()) in Path("/proc/self/maps").read_text()
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc")
+def test_pread_reads_parents_without_mapping_them(tiny_parents, tmp_path):
+    from mergekit.io.loader import TensorLoader
+
+    # A copy: earlier merges in this process may still hold the parents mapped (mergekit
+    # caches its loaders).
+    shard = Path(shutil.copy(tiny_parents[0] / "model.safetensors", tmp_path))
+    with safetensors_reads("pread"):
+        loader = TensorLoader.get(str(shard))
+        names = loader.keys()  # a safetensors handle, not a dict
+        tensors = [loader.get_tensor(name) for name in names]
+        assert tensors and not _mapped(shard)
+    del loader, tensors
+    # Outside the block mergekit's own loader is back: safetensors maps the file.
+    loader = TensorLoader.get(str(shard))
+    tensor = loader.get_tensor(names[0])
+    assert _mapped(shard)
+    del loader, tensor
+
+
+def test_pread_merge_writes_the_same_weights(write_recipe, tmp_path, tiny_parents):
+    base, other = tiny_parents
+    recipe = load_recipe(
+        write_recipe(TWO_PARENT_RECIPE.replace("{base}", str(base)).replace("{other}", str(other)))
+    )
+    parents = resolve_parents(recipe)
+    dirs = {p.ref: Path(p.path) for p in parents}
+    merged = {
+        reads: load_file(
+            run_merge_stage(
+                recipe, parents, dirs, tmp_path / reads, MergeRequest(parent_reads=reads)
+            )
+            / "model.safetensors"
+        )
+        for reads in ("mmap", "pread")
+    }
+    assert merged["mmap"].keys() == merged["pread"].keys()
+    assert all(torch.equal(merged["mmap"][k], merged["pread"][k]) for k in merged["mmap"])

@@ -82,3 +82,11 @@ def test_recipe_settings_win_and_the_rest_is_measured_from_the_parents(write_rec
     # float32 parents merged into bfloat16: half their weight bytes.
     parent_bytes = sum(p.stat().st_size for p in base.glob("*.safetensors"))
     assert tuning.facts["output_bytes"] == parent_bytes // 2
+
+
+def test_parents_are_read_with_pread_on_cpu_where_safetensors_can():
+    assert choose(output_bytes=GB, pread_available=True)["parent_reads"] == "pread"
+    assert choose(output_bytes=GB)["parent_reads"] == "mmap"  # an older safetensors
+    assert choose(output_bytes=GB, pread_available=True, device="cuda")["parent_reads"] == "mmap"
+    pickled = choose(output_bytes=GB, pread_available=True, pickled_parents=True)
+    assert pickled["parent_reads"] == "mmap"
