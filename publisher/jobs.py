@@ -54,11 +54,14 @@ STAGING_NAME = "publisher-jobs"
 TAIL_LINES = 20
 # Fixed text: every value it uses comes from the environment the job was given, never from
 # string interpolation here. It installs dependencies only when the image lacks them, then runs
-# the bundled publisher (PYTHONPATH) rather than any installed one.
+# the bundled publisher (PYTHONPATH) rather than any installed one. The check finds the packages
+# without importing them: importing torch, transformers and mergekit costs seconds of CPU, which
+# `python -m publisher.jobrun` pays again right after.
 BOOTSTRAP = """set -eu
 bundle="${HF_JOB_ROOT:-}/bundle"
 src="$bundle/$PUBLISHER_JOB_SRC"
-if ! python -c "import mergekit, lm_eval, transformers, torch${PUBLISHER_JOB_EXTRA:+, $PUBLISHER_JOB_EXTRA}" 2>/dev/null; then
+if ! python -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in sys.argv[1:]))" \\
+    mergekit lm_eval transformers torch ${PUBLISHER_JOB_EXTRA:-} 2>/dev/null; then
   echo "installing the publisher's dependencies from $PUBLISHER_JOB_SRC/pyproject.toml"
   uv pip install --system --quiet -r "$src/pyproject.toml" ${PUBLISHER_JOB_EXTRA:-}
 fi

@@ -13,6 +13,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# The models here are tiny: torch's intra-op threads cost more CPU than they save (spinning,
+# and more so on a loaded 2-core machine or beside another pytest-xdist worker). Set before
+# torch is imported; job subprocesses of the local Hub inherit it (`jobrunner._PASSTHROUGH_ENV`).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Local-parent digests are cached per user; tests keep theirs out of ~/.cache.
 os.environ.setdefault("PUBLISHER_CACHE_DIR", tempfile.mkdtemp(prefix="publisher-cache-"))
 
