@@ -38,6 +38,7 @@ from publisher.recipe_paths import ContainedLoader
 from publisher.rundir import CARD_DATA_NAME, CARD_NAME, IMAGE_NAME
 from publisher.sandbox import BoundedEnvironment
 from publisher.schedule import Plan
+from publisher.settings import choose_templates_dir
 
 DEFAULT_TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 """The repository's `templates/` directory (found from the source tree, so an editable install works)."""
@@ -116,13 +117,18 @@ def operator_notes(inputs: CardInputs) -> list[str]:
     """What the operator should know or do before publishing; for the CLI output and the Actions
     job summary, never for the card."""
     recipe, parents = inputs.recipe, inputs.plan.parents
-    notes = [
-        f"parent {p.ref} is not pinned to a revision ({p.note or 'unresolved'}); run "
-        f"'publisher lock {recipe.path.name}' where the Hub is reachable. A run whose parents "
-        "are not pinned cannot be pushed."
-        for p in parents
-        if not (p.resolved and p.revision)
-    ]
+    notes = []
+    unpinned = [p for p in parents if not (p.resolved and p.revision)]
+    if unpinned:
+        # One note, so the advice is given once however many parents it concerns.
+        notes.append(
+            "; ".join(
+                f"parent {p.ref} is not pinned to a revision ({p.note or 'unresolved'})"
+                for p in unpinned
+            )
+            + f". Run 'publisher lock {recipe.path.name}' where the Hub is reachable: a run "
+            "whose parents are not pinned cannot be pushed."
+        )
     notes += [
         f"parent {p.ref} is a local directory: the card's base_model metadata leaves it out "
         "and the Hub cannot link it; publish it to the Hub and reference it by repo id."
@@ -318,20 +324,19 @@ def extract_notes(text: str | None) -> str | None:
 
 
 def resolve_templates_dir(recipe: Recipe, templates_dir: Path | None = None) -> Path:
-    """The templates directory: the argument, else the recipe's `publish.templates` (relative to
-    the recipe file), else `DEFAULT_TEMPLATES_DIR`."""
-    if templates_dir is not None:
-        chosen, origin = Path(templates_dir), "the templates directory"
-    elif recipe.publish.templates:
-        chosen = recipe.path.parent / recipe.publish.templates
-        origin = f"publish.templates of {recipe.path}"
-    else:
+    """The templates directory `choose_templates_dir` picks (the argument, else the recipe's
+    `publish.templates`), else `DEFAULT_TEMPLATES_DIR`; `CardError` when it is missing."""
+    chosen = choose_templates_dir(recipe, templates_dir)
+    if chosen is None:
         return DEFAULT_TEMPLATES_DIR
     if not chosen.is_dir():
+        origin = (
+            "the templates directory" if templates_dir else f"publish.templates of {recipe.path}"
+        )
         raise CardError(
             f"{origin} names {chosen}, which is not a directory; create it or fix the path"
         )
-    return chosen.resolve()
+    return chosen
 
 
 def _environment(templates_dir: Path) -> BoundedEnvironment:

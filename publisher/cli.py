@@ -9,34 +9,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from types import ModuleType
 
-from publisher import __version__, actions
+from publisher import __version__, actions, cli_actions
+from publisher.console import EXIT_FAIL, EXIT_OK
+from publisher.console import err as _err
+from publisher.console import out as _out
 from publisher.errors import CommandError, PublisherError
 from publisher.evaluate import SUITES
-from publisher.recipe_yaml import printable
 from publisher.settings import DEVICES, EVAL_BACKENDS
 
 __all__ = ["CommandError", "build_parser", "main"]
-
-EXIT_OK = 0
-EXIT_FAIL = 1
-
-
-def _out(text: str = "") -> None:
-    print(text, flush=True)
-
-
-def _err(text: str) -> None:
-    # messages quote recipes, parents and servers: nothing in them may start a workflow
-    # command (a newline, then `::error`) or drive the terminal
-    print(printable(text), file=sys.stderr, flush=True)
-
 
 # ---------------------------------------------------------------------------------------------
 # commands
@@ -77,7 +64,7 @@ def _load_plan(recipe_path: str):
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from publisher.schedule import plan_contract
+    from publisher.schedule import format_plan_markdown, format_plan_text, plan_contract
 
     recipe, plan = _load_plan(args.recipe)
     if args.json:
@@ -86,53 +73,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
     _out(format_plan_text(recipe, plan))
     actions.write_summary(format_plan_markdown(recipe, plan))
     return EXIT_OK
-
-
-def format_plan_text(recipe, plan) -> str:
-    lines = [
-        f"{recipe.path}: SLERP -> {recipe.repo_id} ({plan.architecture}, {plan.num_layers} layers)"
-    ]
-    for parent in plan.parents:
-        rev = parent.revision[:12] if parent.revision else "unresolved"
-        role = "base (t=0)" if parent.is_base else "other (t=1)"
-        lines.append(f"  {role:12} {parent.ref} @ {rev}")
-    width = max(9, *(len(g) for g in plan.groups))
-    lines.append("  layer  " + "  ".join(f"{g:>{width}}" for g in plan.groups))
-    for row in plan.layers:
-        cells = "  ".join(
-            f"{row.groups[g]:>{width}.3f}" if g in row.groups else f"{'-':>{width}}"
-            for g in plan.groups
-        )
-        lines.append(f"  {row.index:>5}  {cells}")
-    for name, t in plan.outside.items():
-        lines.append(f"  {name}: t={t:.3f}")
-    return "\n".join(lines)
-
-
-def format_plan_markdown(recipe, plan) -> str:
-    head = "| layer | " + " | ".join(plan.groups) + " |"
-    rule = "|---:|" + "---:|" * len(plan.groups)
-    rows = [
-        f"| {row.index} | "
-        + " | ".join(f"{row.groups[g]:.3f}" if g in row.groups else "-" for g in plan.groups)
-        + " |"
-        for row in plan.layers
-    ]
-    outside = [f"| `{name}` | {t:.3f} |" for name, t in plan.outside.items()]
-    return "\n".join(
-        [
-            f"### Plan for `{recipe.path}` → `{recipe.repo_id}`",
-            "",
-            head,
-            rule,
-            *rows,
-            "",
-            "| tensor outside the layer stack | t |",
-            "|---|---:|",
-            *outside,
-            "",
-        ]
-    )
 
 
 def cmd_lock(args: argparse.Namespace) -> int:
@@ -328,106 +268,6 @@ def cmd_push(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_changed(args: argparse.Namespace) -> int:
-    recipes = actions.changed_recipes(args.base, args.head)
-    unsafe = [r for r in recipes if not actions.SAFE_RECIPE_NAME.match(PurePosixPath(r).name)]
-    for path in unsafe:
-        actions.annotate_error(
-            "rename this recipe: file names may use only letters, digits, '.', '_' and '-'",
-            title=f"unsafe recipe name: {path}",
-        )
-    if unsafe:
-        raise CommandError(
-            "recipe file names may use only letters, digits, '.', '_' and '-': "
-            + ", ".join(repr(r) for r in unsafe)
-        )
-    actions.set_output("recipes", json.dumps(recipes))
-    actions.set_output("any", "true" if recipes else "false")
-    if args.json:
-        _out(json.dumps(recipes))
-    else:
-        for path in recipes:
-            _out(path)
-    actions.write_summary(
-        "### Changed recipes\n\n"
-        + ("\n".join(f"- `{r}`" for r in recipes) if recipes else "none")
-        + "\n"
-    )
-    return 0
-
-
-def cmd_comment(args: argparse.Namespace) -> int:
-    repo = os.environ.get("GITHUB_REPOSITORY", "").strip()
-    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo):
-        raise CommandError(
-            "GITHUB_REPOSITORY is not set to owner/name; run in GitHub Actions or set it"
-        )
-    token = os.environ.get("GITHUB_TOKEN", "").strip()
-    if not token:
-        raise CommandError(
-            "GITHUB_TOKEN is not set; pass it to the step (env: GITHUB_TOKEN: "
-            "${{ github.token }}) with 'pull-requests: write' permission"
-        )
-    number = args.pr or actions.pr_number_from_event()
-    if not number:
-        raise CommandError("no pull request number: pass --pr N, or run on a pull_request event")
-    parts = []
-    for name in args.body_file:
-        try:
-            parts.append(Path(name).read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise CommandError(f"cannot read {name}: {exc.strerror or exc}") from None
-    api_url = os.environ.get("GITHUB_API_URL") or actions.DEFAULT_API_URL
-    comments = actions.GitHubComments(api_url, repo, token)
-    result = actions.upsert_comment(
-        comments, number, actions.comment_body(parts, args.marker), args.marker
-    )
-    _out(result.message + (f": {result.url}" if result.url else ""))
-    if result.action == "forbidden":
-        actions.annotate_notice(result.message, title="preview comment skipped")
-    else:
-        actions.set_output("comment_url", result.url or "")
-    return 0
-
-
-def _add_actions_commands(sub: argparse._SubParsersAction) -> None:
-    """Add the Actions-facing subcommands (`changed`, `comment`) to the CLI's parser."""
-    p = sub.add_parser(
-        "changed",
-        help="list the recipes changed against a git ref (sets the 'recipes' output in Actions)",
-        description="List recipes/*.yaml that HEAD adds or changes compared with --base. A "
-        "changed lock file counts for its recipe, a changed template for every recipe; deleted "
-        "recipes are left out.",
-    )
-    p.add_argument("--base", required=True, help="commit or ref to compare with")
-    p.add_argument("--head", default="HEAD", help="commit or ref to look at (default: HEAD)")
-    p.add_argument("--json", action="store_true", help="print a JSON list")
-    p.set_defaults(func=cmd_changed)
-
-    p = sub.add_parser(
-        "comment",
-        help="create or update the one pull-request comment that carries the marker",
-        description="Post the body as the pull request's comment, or update the comment an "
-        "earlier run posted (found by its hidden marker). Uses GITHUB_API_URL, "
-        "GITHUB_REPOSITORY, GITHUB_TOKEN and the event payload at GITHUB_EVENT_PATH. A 403 "
-        "(the read-only token of a fork's pull request) is a notice, not a failure.",
-    )
-    p.add_argument(
-        "--body-file",
-        action="append",
-        required=True,
-        metavar="FILE",
-        help="markdown for the comment; repeat to join several files",
-    )
-    p.add_argument("--pr", type=int, help="pull request number (default: from the event)")
-    p.add_argument(
-        "--marker",
-        default=actions.PREVIEW_MARKER,
-        help=f"hidden marker (default: {actions.PREVIEW_MARKER})",
-    )
-    p.set_defaults(func=cmd_comment)
-
-
 HUB_EXTRA_MODULES = ("fastapi", "starlette", "uvicorn", "markdown_it")
 """What the `hub` extra installs: the local Hub (`publisher hub serve`, the demo) imports them."""
 
@@ -508,6 +348,25 @@ def _add_jobs_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", default=jobs.DEFAULT_IMAGE, help="hf-jobs: the container image")
 
 
+def _add_push_target_flags(p: argparse.ArgumentParser, default: str) -> None:
+    """Where and how a push goes (`settings.HubTarget`), for `run` and `push` alike: `None`
+    where not given, so that `publisher.settings` weighs them against `default`."""
+    p.add_argument("--repo-id", help=f"Hub repo to push to (default: {default})")
+    p.add_argument(
+        "--create-pr",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=f"push as a Hub pull request, or not (default: {default})",
+    )
+    p.add_argument(
+        "--private",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=f"create the repo private, or not; an existing repo keeps its visibility "
+        f"(default: {default})",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="publisher",
@@ -579,14 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
         const=False,
         help="do not push even if the recipe sets publish.push",
     )
-    p.add_argument(
-        "--create-pr",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="push as a Hub pull request, or not (default: the recipe's publish.create_pr)",
-    )
-    p.add_argument("--repo-id", help="Hub repo to push to (default: the recipe's)")
-    p.add_argument("--private", action="store_true", default=None, help="create the repo private")
+    _add_push_target_flags(p, "the recipe's publish block")
     for flag, what in (
         ("--lazy-unpickle", "mergekit's lazy unpickler (low memory for .bin parents)"),
         ("--low-cpu-memory", "keep merge results on the GPU (VRAM > RAM)"),
@@ -634,19 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("push", help="publish a verified run directory in one commit")
     p.add_argument("run_dir")
-    p.add_argument("--repo-id")
-    p.add_argument(
-        "--create-pr",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="push as a Hub pull request, or not (default: what the run recorded)",
-    )
-    p.add_argument(
-        "--private",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="create the repo private (default: what the run recorded)",
-    )
+    _add_push_target_flags(p, "what the run recorded")
     p.add_argument("--revision", help="branch to commit to (default: main)")
     p.add_argument(
         "--check",
@@ -680,7 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_demo)
 
-    _add_actions_commands(sub)
+    cli_actions.add_commands(sub)
     for sp in sub.choices.values():
         _add_common(sp)
     return parser

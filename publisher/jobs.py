@@ -42,7 +42,7 @@ from publisher.manifest import hash_inputs
 from publisher.pipeline import run_pipeline
 from publisher.recipe import Recipe
 from publisher.report import Log, reporter
-from publisher.settings import Overrides, resolve_settings
+from publisher.settings import Overrides, choose_templates_dir, resolve_settings
 
 # A Python image with uv; the job installs the project's pinned dependencies into it (PyPI's
 # Linux torch wheels are CUDA builds). Pass --image for one that already has them.
@@ -197,9 +197,7 @@ def make_bundle(recipe: Recipe, given: Overrides, dest: Path) -> Bundle:
 
     package = Path(publisher.__file__).resolve().parent
     checkout = package.parent
-    templates = given.templates_dir or (
-        recipe.path.parent / recipe.publish.templates if recipe.publish.templates else None
-    )
+    templates = choose_templates_dir(recipe, given.templates_dir)
     paths = [package, DEFAULT_TEMPLATES_DIR, recipe.path]
     paths += [p for p in (checkout / "pyproject.toml", recipe.lock_path) if p.exists()]
     paths += [Path(templates)] if templates else []

@@ -508,7 +508,7 @@ def lock_parents(recipe: Recipe, *, online: bool | None = None) -> list[ParentIn
                     resolved=False,
                     config=None,
                     is_base=is_base,
-                    note=f"{reason}; run 'publisher lock' online",
+                    note=reason,  # why; the advice is the caller's to give, once
                 )
             )
     return parents

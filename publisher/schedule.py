@@ -334,3 +334,52 @@ def plan_contract(plan: Plan) -> dict[str, Any]:
     for row in data["layers"]:
         row.pop("tensors", None)
     return data
+
+
+def format_plan_text(recipe: Recipe, plan: Plan) -> str:
+    """The plan as `publisher plan` prints it: the parents, then t per layer and group."""
+    lines = [
+        f"{recipe.path}: SLERP -> {recipe.repo_id} ({plan.architecture}, {plan.num_layers} layers)"
+    ]
+    for parent in plan.parents:
+        rev = parent.revision[:12] if parent.revision else "unresolved"
+        role = "base (t=0)" if parent.is_base else "other (t=1)"
+        lines.append(f"  {role:12} {parent.ref} @ {rev}")
+    width = max(9, *(len(g) for g in plan.groups))
+    lines.append("  layer  " + "  ".join(f"{g:>{width}}" for g in plan.groups))
+    for row in plan.layers:
+        cells = "  ".join(
+            f"{row.groups[g]:>{width}.3f}" if g in row.groups else f"{'-':>{width}}"
+            for g in plan.groups
+        )
+        lines.append(f"  {row.index:>5}  {cells}")
+    for name, t in plan.outside.items():
+        lines.append(f"  {name}: t={t:.3f}")
+    return "\n".join(lines)
+
+
+def format_plan_markdown(recipe: Recipe, plan: Plan) -> str:
+    """The plan as a Markdown table (the job summary of `publisher plan`)."""
+    head = "| layer | " + " | ".join(plan.groups) + " |"
+    rule = "|---:|" + "---:|" * len(plan.groups)
+    rows = [
+        f"| {row.index} | "
+        + " | ".join(f"{row.groups[g]:.3f}" if g in row.groups else "-" for g in plan.groups)
+        + " |"
+        for row in plan.layers
+    ]
+    outside = [f"| `{name}` | {t:.3f} |" for name, t in plan.outside.items()]
+    return "\n".join(
+        [
+            f"### Plan for `{recipe.path}` → `{recipe.repo_id}`",
+            "",
+            head,
+            rule,
+            *rows,
+            "",
+            "| tensor outside the layer stack | t |",
+            "|---|---:|",
+            *outside,
+            "",
+        ]
+    )

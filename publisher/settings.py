@@ -160,12 +160,7 @@ def resolve_settings(recipe: Recipe, given: Overrides | None = None) -> Settings
     # --device moves the merge too; without it the recipe's publish.merge.cuda decides.
     device_update = {"cuda": given.device == "cuda"} if given.device else {}
     merge = _override("merge", recipe.publish.merge, {**given.merge, **device_update})
-    if given.templates_dir:
-        templates: str | None = str(Path(given.templates_dir).resolve())
-    elif recipe.publish.templates:
-        templates = str((recipe_dir / recipe.publish.templates).resolve())
-    else:
-        templates = None
+    templates = choose_templates_dir(recipe, given.templates_dir)
     try:
         return Settings(
             device=given.device or "cpu",
@@ -180,10 +175,20 @@ def resolve_settings(recipe: Recipe, given: Overrides | None = None) -> Settings
             ),
             eval=evaluation,
             merge=merge,
-            templates_dir=templates,
+            templates_dir=str(templates) if templates else None,
         )
     except ValidationError as exc:
         raise SettingsError(_pydantic_message("run", exc)) from None
+
+
+def choose_templates_dir(recipe: Recipe, given: str | Path | None = None) -> Path | None:
+    """The card templates directory, absolute: `given` (the flag), else the recipe's
+    `publish.templates` (relative to the recipe file), else `None` (the default `templates/`)."""
+    if given:
+        return Path(given).resolve()
+    if recipe.publish.templates:
+        return (recipe.path.parent / recipe.publish.templates).resolve()
+    return None
 
 
 def read_settings(manifest: Path) -> Settings | None:

@@ -9,7 +9,13 @@ import publisher
 
 PACKAGE = Path(publisher.__file__).parent
 # The shells: they may import anything; nothing else may import them.
-SHELLS = {"publisher.cli", "publisher.actions", "publisher.__main__"}
+SHELLS = {
+    "publisher.cli",
+    "publisher.cli_actions",
+    "publisher.console",
+    "publisher.actions",
+    "publisher.__main__",
+}
 
 
 def _module_name(path: Path) -> str:

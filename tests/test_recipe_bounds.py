@@ -363,8 +363,8 @@ def test_names_and_paths_hold_no_control_characters(write_recipe, capsys):
 
 
 def test_cli_errors_escape_what_they_quote(capsys):
-    from publisher.cli import _err
+    from publisher.console import err
 
-    _err("error: parent 'x\n::error file=/etc/passwd::y' \x1b[2J not found")
+    err("error: parent 'x\n::error file=/etc/passwd::y' \x1b[2J not found")
     err = capsys.readouterr().err
     assert err == "error: parent 'x\\n::error file=/etc/passwd::y' \\x1b[2J not found\n"

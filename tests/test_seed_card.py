@@ -73,8 +73,10 @@ def test_seed_preview_card_is_reader_first_and_honest(tmp_path, capsys, monkeypa
     assert "text-generation" not in card.data.tags  # the pipeline tag already says it
     # The parents are unpinned: the card says so plainly, the operator is told what to do.
     assert text.count("| not pinned |") == 2 and "pinned to the revisions" not in text
-    assert "note: parent Gille/StrangeMerges_30-7B-slerp is not pinned" in printed
+    assert "note: parent ContextualAI/Contextual_KTO_Mistral_PairRM is not pinned" in printed
+    assert "; parent Gille/StrangeMerges_30-7B-slerp is not pinned" in printed
     assert "cannot be pushed" in printed
+    assert printed.count("publisher lock") == 1  # the advice once, for both parents
     # Reader order: description, parents, usage, then the long parts folded away.
     order = [text.index(s) for s in ("# StrangeMerges", "## Parents", "## Usage", "<details>")]
     assert order == sorted(order)

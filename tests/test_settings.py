@@ -107,6 +107,11 @@ def test_flags_win_over_the_recipe_and_the_recipe_over_defaults(recipe_with, tmp
     assert (settings.eval.suite, settings.eval.tasks, settings.eval.limit) == ("tiny", [], 2)
     assert settings.eval.backend == "vllm"
     assert settings.templates_dir == str((tmp_path / "cli-templates").resolve())
+    # The card stage, given a flag or not, picks the directory these settings record.
+    from publisher.card import resolve_templates_dir
+
+    assert str(resolve_templates_dir(recipe)) == from_recipe.templates_dir
+    assert str(resolve_templates_dir(recipe, tmp_path / "cli-templates")) == settings.templates_dir
 
 
 @pytest.mark.parametrize(
@@ -141,3 +146,18 @@ def test_settings_round_trip_through_the_manifest(recipe_with, tmp_path):
     assert (again.repo_id, again.create_pr) == ("tester/other", False)
     with pytest.raises(PublisherError, match="no repo id"):
         push_target(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize("command", [["run", "recipes/x.yaml"], ["push", "runs/x"]])
+def test_run_and_push_take_the_same_push_target_flags(command):
+    # Declared once for both commands: `None` where not given, so settings weighs them.
+    from publisher.cli import build_parser
+
+    parser = build_parser()
+    for flags, expected in (
+        ([], (None, None, None)),
+        (["--repo-id", "tester/x", "--create-pr", "--private"], ("tester/x", True, True)),
+        (["--no-create-pr", "--no-private"], (None, False, False)),
+    ):
+        args = parser.parse_args([*command, *flags])
+        assert (args.repo_id, args.create_pr, args.private) == expected
