@@ -24,7 +24,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from publisher.cardview import CardView, eval_view, format_t, not_observable_view, smoke_view
+from publisher.cardreports import eval_view, smoke_view
+from publisher.cardview import CardView, format_t, not_observable_view
 from publisher.evaluate import EvalSummary, summarize, to_eval_results
 from publisher.rundir import RunDir
 from publisher.schedule import Plan
