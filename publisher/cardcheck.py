@@ -26,7 +26,7 @@ from typing import Any
 
 from publisher.cardreports import eval_view, smoke_view
 from publisher.cardview import CardView, format_t, not_observable_view
-from publisher.evaluate import EvalSummary, summarize, to_eval_results
+from publisher.evalresults import EvalSummary, summarize, to_eval_results
 from publisher.rundir import RunDir
 from publisher.schedule import Plan
 from publisher.weights import WeightReport

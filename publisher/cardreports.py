@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from importlib import metadata
 
-from publisher.evaluate import EvalRow, EvalSummary
+from publisher.evalresults import EvalRow, EvalSummary
 from publisher.smoke import SmokeReport
 
 SMOKE_CHECKED = (

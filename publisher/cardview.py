@@ -24,7 +24,7 @@ from publisher.cardreports import (
     installed_version,
     smoke_view,
 )
-from publisher.evaluate import EvalSummary
+from publisher.evalresults import EvalSummary
 from publisher.parents import ParentInfo
 from publisher.recipe import Recipe
 from publisher.recipe_paths import is_chat_template_path

@@ -1,8 +1,7 @@
 """Evaluation with lm-evaluation-harness (`simple_evaluate`, `TaskManager`).
 
-Writes `eval/results.json` (lm-eval's full output) in the run directory. `summarize` turns that
-output into the rows the card shows; `to_eval_results` into huggingface_hub `EvalResult`s for the
-card's `model-index`.
+Writes `eval/results.json` (lm-eval's full output) in the run directory; `publisher.evalresults`
+reads it back for the card.
 
 What runs is either a named suite (`SUITES`, each task with its own shots) or the recipe's explicit
 `tasks` (with one `num_fewshot` for all of them, or each task's default). Tasks shipped with
@@ -17,12 +16,11 @@ import difflib
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
-from huggingface_hub import EvalResult
 
 from publisher.errors import PublisherError
 from publisher.parallel import EvalParallelism
@@ -30,11 +28,6 @@ from publisher.recipe_paths import TASK_SUFFIXES, PathError, check_tasks, reposi
 
 if TYPE_CHECKING:  # recipe validates suite names against SUITES: no import back at run time
     from publisher.recipe import EvalSettings
-
-LM_EVAL_NAME = "lm-evaluation-harness"
-LM_EVAL_URL = "https://github.com/EleutherAI/lm-evaluation-harness"
-TASK_TYPE = "text-generation"
-TASK_NAME = "Text Generation"
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 """Where publisher's own lm-eval tasks (YAML + data) are shipped."""
@@ -180,60 +173,6 @@ SUITES: dict[str, list[TaskSpec]] = {
     ],
 }
 # fmt: on
-
-
-@dataclass
-class EvalRow:
-    """One number of the evaluation table.
-
-    Attributes:
-        task: lm-eval task name, e.g. `"arc_challenge"`.
-        metric: metric name without the filter, e.g. `"acc_norm"`.
-        filter: lm-eval filter, e.g. `"none"` or `"strict-match"`.
-        value: the score as lm-eval reported it, e.g. 0.6212.
-        stderr: its standard error, or `None` when lm-eval gave none.
-        num_fewshot: shots, e.g. 25.
-        limit: the per-task sample limit, or `None` for a full run.
-        dataset_name: pretty dataset name for model-index, e.g. `"AI2 Reasoning Challenge (25-Shot)"`.
-        dataset_type: Hub dataset id, e.g. `"ai2_arc"`.
-        dataset_config: dataset config, e.g. `"ARC-Challenge"`.
-        dataset_split: split, e.g. `"test"`.
-        metric_name: pretty metric name, e.g. `"normalized accuracy"`, or `None`.
-        metric_type: model-index metric id when it differs from `metric`, e.g. `"mc2"`.
-        higher_is_better: as lm-eval's `higher_is_better` says (true when it says nothing).
-    """
-
-    task: str
-    metric: str
-    filter: str
-    value: float
-    stderr: float | None
-    num_fewshot: int | None
-    limit: float | None = None
-    dataset_name: str | None = None
-    dataset_type: str | None = None
-    dataset_config: str | None = None
-    dataset_split: str | None = None
-    metric_name: str | None = None
-    metric_type: str | None = None
-    higher_is_better: bool = True
-
-
-@dataclass
-class EvalSummary:
-    """The evaluation, as the card presents it.
-
-    Attributes:
-        rows: one per (task, metric) shown.
-        partial: true when any task ran with a `limit` (a partial run is labelled so).
-        lm_eval_version: e.g. `"0.4.13"`.
-        model_args: what lm-eval was given as model arguments, token-free.
-    """
-
-    rows: list[EvalRow] = field(default_factory=list)
-    partial: bool = False
-    lm_eval_version: str = ""
-    model_args: str = ""
 
 
 class EvalError(PublisherError):
@@ -547,157 +486,6 @@ def _limit(limit: float | None) -> int | float | None:
     if limit is not None and limit >= 1 and float(limit).is_integer():
         return int(limit)
     return limit
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading the results
-
-
-_NOT_METRICS = {"alias", "name", "sample_len", "sample_count", "samples"}
-
-
-def summarize(results: dict[str, Any], suite: str | None = None) -> EvalSummary:
-    """The card's rows from lm-eval's output (`results.json`).
-
-    Suite tasks (run with the suite's shots) give the suite's metrics, named as the suite names
-    them; any other top-level task or group gives every metric lm-eval reports for it. Values and
-    standard errors are copied as they are; `"N/A"` errors become `None`.
-    """
-    if "results" not in results:
-        raise EvalError("not lm-eval output: there is no 'results' key")
-    specs: dict[str, list[TaskSpec]] = {}
-    for spec in suite_specs(suite) if suite else []:
-        specs.setdefault(spec.task, []).append(spec)
-    config = results.get("config") or {}
-    limit = config.get("limit")
-    n_shot = results.get("n-shot") or {}
-    reported = results["results"]
-    subtasks = {s for subs in (results.get("group_subtasks") or {}).values() for s in subs}
-    top = [name for name in reported if name not in subtasks]
-    order = list(specs) + [name for name in top if name not in specs]
-
-    rows: list[EvalRow] = []
-    for name in order:
-        if name not in reported:
-            continue
-        metrics = reported[name]
-        shots = n_shot.get(name)
-        matching = [s for s in specs.get(name, []) if shots is None or s.num_fewshot == shots]
-        if matching:
-            rows.extend(_spec_row(name, metrics, spec, shots, limit) for spec in matching)
-        else:
-            rows.extend(_plain_rows(name, metrics, shots, limit))
-    return EvalSummary(
-        rows=rows,
-        partial=limit is not None,
-        lm_eval_version=str(results.get("lm_eval_version", "")),
-        model_args=_model_args_text(config.get("model_args")),
-    )
-
-
-def _spec_row(
-    name: str, metrics: dict[str, Any], spec: TaskSpec, shots: int | None, limit: Any
-) -> EvalRow:
-    key = f"{spec.metric},{spec.filter}"
-    if not _is_number(metrics.get(key)):
-        found = ", ".join(k for k in metrics if k not in _NOT_METRICS and "_stderr," not in k)
-        raise EvalError(f"lm-eval results for '{name}' have no '{key}' (found: {found})")
-    return EvalRow(
-        task=name,
-        metric=spec.metric,
-        filter=spec.filter,
-        value=metrics[key],
-        stderr=_stderr(metrics, spec.metric, spec.filter),
-        num_fewshot=spec.num_fewshot if shots is None else shots,
-        limit=limit,
-        dataset_name=spec.dataset_name,
-        dataset_type=spec.dataset_type,
-        dataset_config=spec.dataset_config,
-        dataset_split=spec.dataset_split,
-        metric_name=spec.metric_name,
-        metric_type=spec.metric_type,
-    )
-
-
-def _plain_rows(name: str, metrics: dict[str, Any], shots: int | None, limit: Any) -> list[EvalRow]:
-    rows = []
-    for key, value in metrics.items():
-        metric, comma, filter_ = key.partition(",")
-        if key in _NOT_METRICS or not comma or "_stderr" in metric or not _is_number(value):
-            continue
-        rows.append(
-            EvalRow(
-                task=name,
-                metric=metric,
-                filter=filter_,
-                value=value,
-                stderr=_stderr(metrics, metric, filter_),
-                num_fewshot=shots,
-                limit=limit,
-            )
-        )
-    return rows
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _stderr(metrics: dict[str, Any], metric: str, filter_: str) -> float | None:
-    value = metrics.get(f"{metric}_stderr,{filter_}")
-    return value if _is_number(value) else None
-
-
-def _model_args_text(model_args: Any) -> str:
-    if isinstance(model_args, dict):
-        items = [(str(k), v) for k, v in model_args.items()]
-    elif isinstance(model_args, str) and model_args:
-        items = [tuple(part.split("=", 1)) for part in model_args.split(",") if "=" in part]
-    else:
-        return ""
-    # `pretrained` names where the runner kept the weights: on the card, the model is this one.
-    return ",".join(f"{k}={v}" for k, v in items if "token" not in k.lower() and k != "pretrained")
-
-
-def to_eval_results(summary: EvalSummary, model_name: str) -> list[EvalResult]:
-    """The summary as huggingface_hub `EvalResult`s, for the card's `model-index`.
-
-    `model_name` is the name the model-index will carry (e.g. the repo id); it must not be empty.
-    Values are the raw numbers lm-eval reported, so the card matches `results.json`. Tasks without
-    model-index names (local or unknown tasks) use the task name as dataset name and type. Shots go
-    in `dataset_args.num_few_shot`; a partial run also records its `limit` there.
-    """
-    if not model_name:
-        raise EvalError("`model_name` must be set to build model-index eval results")
-    source = f"{LM_EVAL_NAME} {summary.lm_eval_version}".strip()
-    out = []
-    for row in summary.rows:
-        args: dict[str, Any] = {}
-        if row.num_fewshot is not None:
-            args["num_few_shot"] = row.num_fewshot
-        if row.limit is not None:
-            args["limit"] = row.limit
-        out.append(
-            EvalResult(
-                task_type=TASK_TYPE,
-                task_name=TASK_NAME,
-                dataset_type=row.dataset_type or row.task,
-                dataset_name=row.dataset_name or row.task,
-                dataset_config=row.dataset_config,
-                dataset_split=row.dataset_split,
-                dataset_args=args or None,
-                metric_type=row.metric_type or row.metric,
-                metric_value=row.value,
-                metric_name=row.metric_name or _metric_label(row),
-                source_name=source,
-                source_url=LM_EVAL_URL,
-            )
-        )
-    return out
-
-
-def _metric_label(row: EvalRow) -> str:
-    return row.metric if row.filter == "none" else f"{row.metric} ({row.filter})"
 
 
 if __name__ == "__main__":

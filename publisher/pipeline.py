@@ -303,7 +303,8 @@ def card_inputs_for(ctx: RunContext):
     """The card's inputs: the plan, plus each report whose stage succeeded on current inputs."""
     from publisher.card import CardInputs
     from publisher.cardview import read_model_facts
-    from publisher.evaluate import lm_eval_commands, summarize, to_eval_results
+    from publisher.evalresults import summarize, to_eval_results
+    from publisher.evaluate import lm_eval_commands
     from publisher.schedule import Plan
     from publisher.smoke import SmokeReport
     from publisher.weights import WeightReport

@@ -26,7 +26,7 @@ from publisher.card import (
     write_card,
 )
 from publisher.cardview import t_bar
-from publisher.evaluate import EvalRow, EvalSummary
+from publisher.evalresults import EvalRow, EvalSummary
 from publisher.parents import ParentInfo, resolve_parents
 from publisher.recipe import Recipe, load_recipe
 from publisher.schedule import Plan, build_plan
@@ -346,7 +346,7 @@ def test_smoke_and_eval_sections_with_reports(recipe: Recipe, plan: Plan) -> Non
 
 
 def test_eval_results_from_the_evaluate_stage_validate(recipe: Recipe, plan: Plan) -> None:
-    from publisher.evaluate import to_eval_results
+    from publisher.evalresults import to_eval_results
 
     summary, _ = sample_eval()
     results = to_eval_results(summary, recipe.repo_id)

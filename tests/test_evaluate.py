@@ -11,16 +11,8 @@ import pytest
 import yaml
 from huggingface_hub.repocard_data import eval_results_to_model_index, model_index_to_eval_results
 
-from publisher.evaluate import (
-    LM_EVAL_URL,
-    SUITES,
-    TINY_TASK,
-    EvalError,
-    run_eval,
-    summarize,
-    to_eval_results,
-    write_local_tasks,
-)
+from publisher.evalresults import LM_EVAL_URL, summarize, to_eval_results
+from publisher.evaluate import SUITES, TINY_TASK, EvalError, run_eval, write_local_tasks
 from publisher.recipe import EvalSettings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
