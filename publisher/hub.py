@@ -7,29 +7,31 @@ holding weights, tokenizer, card, schedule image, reports, recipe, lock and mani
 passes `parent_commit`, so it never overwrites a commit it has not seen; `create_pr` opens a Hub
 pull request instead and leaves `main` untouched.
 
-Retries are one policy over huggingface_hub's own: the library already retries what it sends
-with `http_backoff` (LFS batch and uploads, preupload, downloads), so `with_retries` covers only
-what it sends once (metadata reads, repo creation, the commit), and a request hook stops the
-library's retry loop after `UPLOAD_ATTEMPTS` sends of one LFS object. A permanent failure then
-costs at most twice the upload, not the product of the layers. The token comes from
-huggingface_hub (`HF_TOKEN`,
-the saved login, or the Trusted Publishers exchange when `HF_OIDC_RESOURCE` is set) and is never
-printed or written.
+Retries are one policy over huggingface_hub's own (`publisher.hubretry`). The token comes from
+huggingface_hub (`HF_TOKEN`, the saved login, or the Trusted Publishers exchange when
+`HF_OIDC_RESOURCE` is set) and is never printed or written.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import threading
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from publisher.digests import sha256_file
 from publisher.errors import PublisherError
+from publisher.hubretry import (
+    UPLOAD_ATTEMPTS,
+    UploadsSpent,
+    bounded_uploads,
+    caused_by,
+    http_message,
+    is_transient,
+    status_of,
+    with_retries,
+)
 from publisher.parents import (
     ParentError,
     ParentInfo,
@@ -43,14 +45,6 @@ from publisher.report import Log, reporter
 from publisher.rundir import RunDir
 from publisher.upload import REPORTS_DIR, UploadRefused, check_upload, scan_secrets
 
-T = TypeVar("T")
-E = TypeVar("E", bound=BaseException)
-
-RETRY_STATUS = {408, 429, 500, 502, 503, 504}  # huggingface_hub's http_backoff's
-RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)
-RETRY_AFTER_CAP = 60.0
-# Sends of one LFS object per push, the library's own retries included.
-UPLOAD_ATTEMPTS = 2
 # Files that differ on every run (timings, statuses) without the published content changing.
 VOLATILE = {f"{REPORTS_DIR}/manifest.json"}
 # Files a run owns, as upload_folder's delete_patterns: stale weight shards of an earlier push
@@ -86,83 +80,6 @@ class PushResult:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-# ---------------------------------------------------------------------------------------------
-# retries
-
-
-def _status_of(exc: BaseException) -> int | None:
-    from huggingface_hub.errors import HfHubHTTPError
-
-    return exc.response.status_code if isinstance(exc, HfHubHTTPError) else None
-
-
-def _is_transient(exc: BaseException) -> bool:
-    """429, 5xx, or the connection failed (httpx's transport errors: dropped, timed out)."""
-    import httpx2
-
-    status = _status_of(exc)
-    if status is not None:
-        return status in RETRY_STATUS
-    if isinstance(exc, (httpx2.TransportError, ConnectionError, TimeoutError)):
-        return True
-    cause = exc.__cause__ or exc.__context__
-    return cause is not None and cause is not exc and _is_transient(cause)
-
-
-def _caused_by(exc: BaseException | None, kind: type[E]) -> E | None:
-    """`exc` or the first exception in its cause chain that is a `kind`."""
-    seen: list[BaseException] = []
-    while exc is not None and exc not in seen:
-        if isinstance(exc, kind):
-            return exc
-        seen.append(exc)
-        exc = exc.__cause__ or exc.__context__
-    return None
-
-
-def _retry_after(exc: BaseException) -> float | None:
-    # The Hub's 429 answers say how long to wait; honour that (capped) over our own backoff.
-    response = getattr(exc, "response", None)
-    value = getattr(response, "headers", {}).get("Retry-After") if response is not None else None
-    try:
-        return min(float(value), RETRY_AFTER_CAP) if value is not None else None
-    except ValueError:
-        return None
-
-
-def with_retries(
-    what: str,
-    call: Callable[[], T],
-    log: Callable[[str], None] = print,
-    delays: tuple[float, ...] | None = None,
-    succeeded: Callable[[], T | None] | None = None,
-) -> T:
-    """Run `call`, retrying transient failures (429, 5xx, dropped connections) with backoff.
-
-    Only for calls that huggingface_hub sends once (it retries the others itself) and that are
-    safe to repeat: reads, repo creation with `exist_ok`, and commits guarded by
-    `parent_commit`. For a call that is
-    not (opening a Hub pull request), `succeeded` looks for its effect after a failure: when it
-    returns a value, the first attempt landed although its answer was lost, and that value is
-    returned instead of trying again. `delays` defaults to `RETRY_DELAYS`.
-    """
-    delays = RETRY_DELAYS if delays is None else delays
-    for attempt in range(len(delays) + 1):
-        try:
-            return call()
-        except Exception as exc:
-            if attempt == len(delays) or not _is_transient(exc):
-                raise
-            if succeeded is not None and (done := succeeded()) is not None:
-                return done
-            status = _status_of(exc)
-            reason = f"HTTP {status}" if status else type(exc).__name__
-            wait = _retry_after(exc) or delays[attempt]
-            log(f"  {what}: {reason}, retrying in {wait:.0f}s ({attempt + 1}/{len(delays)})")
-            time.sleep(wait)
-    raise AssertionError("unreachable")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,58 +194,6 @@ def _matches(entry: Any, local: Path, local_sha256: str) -> bool:
     return entry.blob_id == git_hash(local.read_bytes())
 
 
-@dataclass
-class _UploadBudget:
-    """Counts the LFS uploads (PUTs) huggingface_hub sends and refuses one more than `limit`
-    sends of one object, which ends the library's own retry loop (`http_backoff` retries only
-    network errors and retryable statuses, not this)."""
-
-    limit: int
-    sent: dict[str, int] = field(default_factory=dict)
-    stored: set[str] = field(default_factory=set)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def on_request(self, request: Any) -> None:
-        if request.method != "PUT":
-            return
-        url = str(request.url)
-        with self.lock:
-            self.sent[url] = self.sent.get(url, 0) + 1
-            if self.sent[url] > self.limit:
-                raise _UploadsSpent(url, self.limit)
-
-    def on_response(self, response: Any) -> None:
-        if response.request.method == "PUT" and response.status_code < 300:
-            with self.lock:
-                self.stored.add(str(response.request.url))
-
-
-class _UploadsSpent(Exception):
-    def __init__(self, url: str, limit: int):
-        super().__init__(f"the upload to {url} failed {limit} times")
-
-
-@contextlib.contextmanager
-def _bounded_uploads(limit: int) -> Iterator[_UploadBudget]:
-    """huggingface_hub's shared HTTP client, with the `_UploadBudget` hooked in for the block."""
-    from huggingface_hub.utils import get_session
-
-    budget = _UploadBudget(limit)
-    session = get_session()
-    hooks = session.event_hooks
-    session.event_hooks = {
-        "request": [*hooks.get("request", []), budget.on_request],
-        "response": [*hooks.get("response", []), budget.on_response],
-    }
-    try:
-        yield budget
-    finally:
-        session.event_hooks = {
-            kind: [h for h in hs if h not in (budget.on_request, budget.on_response)]
-            for kind, hs in session.event_hooks.items()
-        }
-
-
 def check_push(run_dir: Path) -> dict[str, Path]:
     """Everything a push checks before any Hub call; the files it would upload.
 
@@ -435,7 +300,7 @@ def push_run(
         head = with_retries("read repo", lambda: api.model_info(repo_id, revision=branch), log).sha
         remote = _remote_files(api, repo_id, branch)
     except HfHubHTTPError as exc:
-        raise HubError(_http_message(exc, repo_id)) from None
+        raise HubError(http_message(exc, repo_id)) from None
 
     local_sha = {name: sha256_file(path) for name, path in files.items()}
     changed = [
@@ -458,7 +323,7 @@ def push_run(
         try:
             return _open_pr_holding(api, repo_id, files, local_sha, log)
         except HfHubHTTPError as exc:
-            raise HubError(_http_message(exc, repo_id)) from None
+            raise HubError(http_message(exc, repo_id)) from None
 
     if create_pr and (proposed := open_pr_holding_run()) is not None:
         log(f"  an open pull request already proposes this run: {proposed[1]}")
@@ -473,7 +338,7 @@ def push_run(
         f"{' as a pull request' if create_pr else ''}"
     )
     try:
-        with _bounded_uploads(UPLOAD_ATTEMPTS) as uploads:
+        with bounded_uploads(UPLOAD_ATTEMPTS) as uploads:
             # Every file goes in: create_commit leaves out the ones the Hub already holds.
             additions = [
                 CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path))
@@ -504,7 +369,7 @@ def push_run(
                 "commit", commit, log, succeeded=open_pr_holding_run if create_pr else None
             )
     except HfHubHTTPError as exc:
-        if _status_of(exc) in (409, 412) and not create_pr:
+        if status_of(exc) in (409, 412) and not create_pr:
             # A retried commit whose first attempt landed (its answer was lost) also meets a
             # moved head: then the repo already holds exactly this run, which is success.
             landed = _landed(api, repo_id, branch, files, local_sha, log)
@@ -516,17 +381,17 @@ def push_run(
                 "the repo was left as it was. Run the push again to publish on top of "
                 "the new commit."
             ) from None
-        raise HubError(_http_message(exc, repo_id) + "; the repo was left as it was") from None
+        raise HubError(http_message(exc, repo_id) + "; the repo was left as it was") from None
     except Exception as exc:
         # huggingface_hub reports a failed LFS upload as a RuntimeError caused by the real one.
-        if (spent := _caused_by(exc, _UploadsSpent)) is not None:
+        if (spent := caused_by(exc, UploadsSpent)) is not None:
             raise HubError(
                 f"the Hub did not take the weights ({spent}); the commit is all-or-nothing, so "
                 "the repo is unchanged: check https://status.huggingface.co and push again later"
             ) from None
-        if (http := _caused_by(exc, HfHubHTTPError)) is not None:
-            raise HubError(_http_message(http, repo_id) + "; the repo was left as it was") from None
-        if _is_transient(exc):
+        if (http := caused_by(exc, HfHubHTTPError)) is not None:
+            raise HubError(http_message(http, repo_id) + "; the repo was left as it was") from None
+        if is_transient(exc):
             raise HubError(
                 f"the Hub did not answer ({type(exc).__name__}) after retries; the "
                 "commit is all-or-nothing, so the repo is unchanged: push again "
@@ -595,25 +460,3 @@ def _commit_description(files: dict[str, Path], run: RunDir) -> str:
     lines = ["Published by publisher.", "", f"{len(files)} files:"]
     lines += [f"- {name}" for name in sorted(files)]
     return "\n".join(lines)
-
-
-def _http_message(exc: Exception, repo_id: str) -> str:
-    status = _status_of(exc)
-    if status == 401:
-        return "the Hub rejected the token (401); check HF_TOKEN or your login"
-    if status == 403:
-        return f"the token may not write to {repo_id} (403); use a token with write access to it"
-    if status == 404:
-        return f"{repo_id} or its revision was not found on the Hub (404)"
-    first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    if status == 429:
-        return (
-            f"the Hub is rate-limiting requests (429) and still was after retries: {first_line}. "
-            "Wait a few minutes, then push again"
-        )
-    if status is not None and status >= 500:
-        return (
-            f"the Hub had a server error ({status}) and still did after retries: {first_line}. "
-            "Check https://status.huggingface.co and push again later"
-        )
-    return f"Hub request failed ({status or 'no status'}): {first_line}"

@@ -34,10 +34,10 @@ def quiet(_: str) -> None:
 def local_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A local Hub (accepting only LOCAL_HUB_TOKEN) with huggingface_hub pointed at it and
     fast retries."""
-    from publisher import hub as hub_module
+    from publisher import hubretry
     from publisher.hubserver import LocalHub, hub_client_env
 
-    monkeypatch.setattr(hub_module, "RETRY_DELAYS", (0.05, 0.1, 0.2))
+    monkeypatch.setattr(hubretry, "RETRY_DELAYS", (0.05, 0.1, 0.2))
     with (
         LocalHub(tmp_path / "hub-data", token=LOCAL_HUB_TOKEN, user="tester") as server,
         hub_client_env(server.endpoint, token=LOCAL_HUB_TOKEN, hf_home=tmp_path / "hf-home"),

@@ -11,7 +11,7 @@ from conftest import LOCAL_HUB_TOKEN as TOKEN
 from conftest import quiet
 from huggingface_hub import HfApi, snapshot_download
 
-from publisher import hub as hub_module
+from publisher import hubretry
 from publisher.cli import main
 from publisher.hub import HubError, push_run, run_files
 from publisher.parents import ParentError
@@ -470,7 +470,7 @@ def test_retries_wait_as_long_as_retry_after_says(monkeypatch):
     from huggingface_hub.errors import HfHubHTTPError
 
     sleeps: list[float] = []
-    monkeypatch.setattr(hub_module.time, "sleep", sleeps.append)
+    monkeypatch.setattr(hubretry.time, "sleep", sleeps.append)
     answers = iter([429, 503, 200])
 
     def call() -> str:
@@ -484,8 +484,8 @@ def test_retries_wait_as_long_as_retry_after_says(monkeypatch):
         )
         raise HfHubHTTPError(f"HTTP {status}", response=response)
 
-    assert hub_module.with_retries("read", call, log=quiet, delays=(1.0, 2.0)) == "done"
-    assert sleeps == [7.0, hub_module.RETRY_AFTER_CAP]
+    assert hubretry.with_retries("read", call, log=quiet, delays=(1.0, 2.0)) == "done"
+    assert sleeps == [7.0, hubretry.RETRY_AFTER_CAP]
 
 
 def test_card_that_is_not_utf8_is_refused_plainly(tiny_run, local_hub, copy_run):
