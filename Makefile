@@ -15,8 +15,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/publisher demo $(if $(ON),--on $(ON))
 
-test: $(STAMP)
+# ruff's lint and its formatter (`ruff format .` fixes what --check finds); part of `make test`.
+lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
 	$(PY) -m pytest -q
 
 # The push job's hash-pinned dependencies (publish.yml installs them with --require-hashes):

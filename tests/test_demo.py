@@ -104,7 +104,9 @@ def test_demo_publishes_a_reader_first_card_that_compares_and_reproduces(tmp_pat
         assert second[ref]["key"] == first[ref]["key"]
     again = (run_dir / "README.md").read_text(encoding="utf-8")
     table = [line for line in card.splitlines() if line.startswith("| publisher_tiny_qa |")]
-    assert [line for line in again.splitlines() if line.startswith("| publisher_tiny_qa |")] == table
+    assert [
+        line for line in again.splitlines() if line.startswith("| publisher_tiny_qa |")
+    ] == table
 
 
 def _reproduce_with_mergekit(published: Path, shas: dict[str, str], out: Path) -> None:

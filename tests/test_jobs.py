@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import TINY_SLERP
 from huggingface_hub import HfApi
 
 from publisher.cli import main
@@ -23,20 +24,9 @@ from publisher.hubserver import LocalHub, hub_client_env
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "hf_jobs_test_token_0123456789"
 USER = "jobs-tester"
-RECIPE = """\
-slices:
-  - sources:
-      - model: {base}
-        layer_range: [0, 4]
-      - model: {other}
-        layer_range: [0, 4]
-merge_method: slerp
-base_model: {base}
-parameters:
-  t:
-    - filter: self_attn
-      value: [0, 0.5, 1]
-    - value: 0.5
+RECIPE = (
+    TINY_SLERP
+    + """\
 dtype: float32
 publish:
   repo_id: jobs-tester/tiny-jobs
@@ -48,6 +38,7 @@ publish:
     tasks: [publisher_tiny_qa]
     limit: 2
 """
+)
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from conftest import TINY_SLERP
 
 from publisher.parallel import EvalParallelism, ParallelError, choose_parallelism
 
@@ -54,23 +55,7 @@ def test_an_explicit_count() -> None:
 def test_the_recipe_field(write_recipe) -> None:
     from publisher.recipe import RecipeError, load_recipe
 
-    body = """\
-slices:
-  - sources:
-      - model: {base}
-        layer_range: [0, 4]
-      - model: {other}
-        layer_range: [0, 4]
-merge_method: slerp
-base_model: {base}
-parameters:
-  t:
-    - value: 0.5
-dtype: float32
-publish:
-  eval:
-    parallel: PARALLEL
-"""
+    body = TINY_SLERP + "dtype: float32\npublish:\n  eval:\n    parallel: PARALLEL\n"
     assert (
         load_recipe(write_recipe(body.replace("PARALLEL", "auto"))).publish.eval.parallel == "auto"
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import TINY_SLERP
 
 from publisher.errors import PublisherError
 from publisher.recipe import load_recipe
@@ -17,21 +18,14 @@ from publisher.settings import (
     resolve_settings,
 )
 
-RECIPE = """\
-slices:
-  - sources:
-      - model: {base}
-        layer_range: [0, 4]
-      - model: {other}
-        layer_range: [0, 4]
-merge_method: slerp
-base_model: {base}
-parameters:
-  t: 0.5
+RECIPE = (
+    TINY_SLERP
+    + """\
 dtype: float32
 publish:
   repo_id: tester/from-recipe
 """
+)
 
 
 @pytest.fixture
