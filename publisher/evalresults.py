@@ -32,12 +32,8 @@ class EvalRow:
         stderr: its standard error, or `None` when lm-eval gave none.
         num_fewshot: shots, e.g. 25.
         limit: the per-task sample limit, or `None` for a full run.
-        dataset_name: pretty dataset name for model-index, e.g. `"AI2 Reasoning Challenge (25-Shot)"`.
-        dataset_type: Hub dataset id, e.g. `"ai2_arc"`.
-        dataset_config: dataset config, e.g. `"ARC-Challenge"`.
-        dataset_split: split, e.g. `"test"`.
-        metric_name: pretty metric name, e.g. `"normalized accuracy"`, or `None`.
-        metric_type: model-index metric id when it differs from `metric`, e.g. `"mc2"`.
+        spec: the suite entry the row reports, whose model-index names (dataset, split, pretty
+            metric name) the card uses, or `None` for a task outside the suite.
         higher_is_better: as lm-eval's `higher_is_better` says (true when it says nothing).
     """
 
@@ -48,12 +44,7 @@ class EvalRow:
     stderr: float | None
     num_fewshot: int | None
     limit: float | None = None
-    dataset_name: str | None = None
-    dataset_type: str | None = None
-    dataset_config: str | None = None
-    dataset_split: str | None = None
-    metric_name: str | None = None
-    metric_type: str | None = None
+    spec: TaskSpec | None = None
     higher_is_better: bool = True
 
 
@@ -131,12 +122,7 @@ def _spec_row(
         stderr=_stderr(metrics, spec.metric, spec.filter),
         num_fewshot=spec.num_fewshot if shots is None else shots,
         limit=limit,
-        dataset_name=spec.dataset_name,
-        dataset_type=spec.dataset_type,
-        dataset_config=spec.dataset_config,
-        dataset_split=spec.dataset_split,
-        metric_name=spec.metric_name,
-        metric_type=spec.metric_type,
+        spec=spec,
     )
 
 
@@ -198,18 +184,19 @@ def to_eval_results(summary: EvalSummary, model_name: str) -> list[EvalResult]:
             args["num_few_shot"] = row.num_fewshot
         if row.limit is not None:
             args["limit"] = row.limit
+        spec = row.spec or TaskSpec(row.task, 0, row.metric, row.filter)  # no names of its own
         out.append(
             EvalResult(
                 task_type=TASK_TYPE,
                 task_name=TASK_NAME,
-                dataset_type=row.dataset_type or row.task,
-                dataset_name=row.dataset_name or row.task,
-                dataset_config=row.dataset_config,
-                dataset_split=row.dataset_split,
+                dataset_type=spec.dataset_type or row.task,
+                dataset_name=spec.dataset_name or row.task,
+                dataset_config=spec.dataset_config,
+                dataset_split=spec.dataset_split,
                 dataset_args=args or None,
-                metric_type=row.metric_type or row.metric,
+                metric_type=spec.metric_type or row.metric,
                 metric_value=row.value,
-                metric_name=row.metric_name or _metric_label(row),
+                metric_name=spec.metric_name or _metric_label(row),
                 source_name=source,
                 source_url=LM_EVAL_URL,
             )

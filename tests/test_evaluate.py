@@ -70,14 +70,14 @@ def test_summarize_copies_the_numbers_exactly(tiny_eval: tuple[Path, dict[str, A
         assert row.value == reported[f"{row.metric},none"]
         assert row.stderr == reported[f"{row.metric}_stderr,none"]
         assert (row.num_fewshot, row.limit) == (0, LIMIT)
-        assert (row.dataset_type, row.dataset_split) == (TINY_TASK, "test")
+        assert row.spec and (row.spec.dataset_type, row.spec.dataset_split) == (TINY_TASK, "test")
 
     # without the suite, every metric lm-eval reports is shown, with the same numbers
     plain = summarize(results)
     assert [(r.metric, r.value, r.stderr) for r in plain.rows] == [
         (r.metric, r.value, r.stderr) for r in summary.rows
     ]
-    assert all(r.dataset_name is None for r in plain.rows)
+    assert all(r.spec is None for r in plain.rows)  # no suite: no model-index names
 
 
 def test_eval_results_round_trip_through_model_index(
@@ -192,9 +192,8 @@ def test_summarize_openllm_suite_output() -> None:
     ]
     assert rows["mmlu", "acc", "none"].stderr is None
     assert rows["gsm8k", "exact_match", "strict-match"].value == 0.25
-    assert rows["arc_challenge", "acc_norm", "none"].dataset_name == (
-        "AI2 Reasoning Challenge (25-Shot)"
-    )
+    arc = rows["arc_challenge", "acc_norm", "none"].spec
+    assert arc and arc.dataset_name == "AI2 Reasoning Challenge (25-Shot)"
 
     eval_results = to_eval_results(summary, "org/model")
     by_type = {(e.dataset_type, e.metric_type): e for e in eval_results}
@@ -213,7 +212,7 @@ def test_suite_names_are_ignored_for_other_shot_counts() -> None:
     }
     summary = summarize(results, "openllm-v1")
     assert summary.partial
-    assert [(r.metric, r.dataset_name, r.num_fewshot) for r in summary.rows] == [
+    assert [(r.metric, r.spec, r.num_fewshot) for r in summary.rows] == [
         ("acc", None, 0),
         ("acc_norm", None, 0),
     ]
