@@ -13,9 +13,8 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from types import ModuleType
 
-from publisher import __version__, actions, cli_actions
+from publisher import __version__, actions, cli_actions, cli_hub
 from publisher.console import EXIT_FAIL, EXIT_OK
 from publisher.console import err as _err
 from publisher.console import out as _out
@@ -152,12 +151,6 @@ def _count(text: str) -> int:
     return int(text)
 
 
-def _port(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a port number (1 to 65535)")
-    return int(text)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from publisher.manifest import stage_table
     from publisher.pipeline import default_run_dir, run_pipeline
@@ -268,48 +261,6 @@ def cmd_push(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-HUB_EXTRA_MODULES = ("fastapi", "starlette", "uvicorn", "markdown_it")
-"""What the `hub` extra installs: the local Hub (`publisher hub serve`, the demo) imports them."""
-
-
-def _import_hubserver(what: str) -> ModuleType:
-    """`publisher.hubserver`, or a CommandError that names the extra to install."""
-    try:
-        import publisher.hubserver as hubserver
-    except ModuleNotFoundError as exc:
-        if exc.name not in HUB_EXTRA_MODULES:
-            raise
-        raise CommandError(
-            f"{what} needs the local Hub, which is the optional extra `publisher[hub]` "
-            f"({exc.name} is not installed): pip install 'publisher[hub]' "
-            "(in a checkout: pip install -e '.[hub]')"
-        ) from None
-    return hubserver
-
-
-def cmd_hub_serve(args: argparse.Namespace) -> int:
-    hubserver = _import_hubserver("'publisher hub serve'")
-    from publisher.hubserver.server import TOKEN_ENV
-
-    # The accepted token comes from the environment, never from the command line (shell history).
-    hubserver.serve(
-        args.host,
-        args.port,
-        Path(args.data),
-        token=os.environ.get(TOKEN_ENV) or None,
-        user=args.user or hubserver.DEFAULT_USER,
-        test_api=args.test_api,
-    )
-    return EXIT_OK
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from publisher import demo
-
-    _import_hubserver("'publisher demo'")
-    return demo.run_demo(Path(args.out), on=args.on)
-
-
 def _add_common(parser: argparse.ArgumentParser, top: bool = False) -> None:
     # A subcommand's default must not overwrite `publisher --debug COMMAND`'s True: argparse
     # applies the subparser's defaults after the top level's, so only the top level has one.
@@ -326,7 +277,7 @@ def _add_jobs_flags(p: argparse.ArgumentParser) -> None:
 
     p.add_argument(
         "--on",
-        choices=["local", "hf-jobs"],
+        choices=jobs.RUNS_ON,
         default="local",
         help="where the GPU stages run: here, or as Hugging Face Jobs (billed to the account)",
     )
@@ -495,33 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_push)
 
-    p = sub.add_parser("hub", help="the local Hub-compatible server")
-    hub_sub = p.add_subparsers(dest="hub_command", required=True, metavar="HUB_COMMAND")
-    hp = hub_sub.add_parser("serve", help="serve the Hub API for huggingface_hub over HTTP")
-    hp.add_argument("--host", default="127.0.0.1")
-    hp.add_argument("--port", type=_port, default=8808)
-    hp.add_argument("--data", default="build/hub-data", help="where repos are stored")
-    hp.add_argument("--user", help="the user name whoami answers (default: publisher-demo)")
-    hp.add_argument(
-        "--test-api",
-        action="store_true",
-        help="serve /_publisher/faults and /_publisher/stats (fault injection)",
-    )
-    hp.set_defaults(func=cmd_hub_serve)
-    _add_common(hp)
-
-    p = sub.add_parser("demo", help="the main job on the embedded demo recipe")
-    p.add_argument("--out", default="build/demo")
-    p.add_argument(
-        "--on",
-        choices=["local", "hf-jobs"],
-        default="local",
-        help="hf-jobs: the GPU stages as Jobs of the local Hub (subprocesses), then pushed",
-    )
-    p.set_defaults(func=cmd_demo)
-
+    nested = cli_hub.add_commands(sub)
     cli_actions.add_commands(sub)
-    for sp in sub.choices.values():
+    for sp in [*sub.choices.values(), *nested]:
         _add_common(sp)
     return parser
 

@@ -46,6 +46,8 @@ from publisher.settings import Overrides, choose_templates_dir, resolve_settings
 
 # A Python image with uv; the job installs the project's pinned dependencies into it (PyPI's
 # Linux torch wheels are CUDA builds). Pass --image for one that already has them.
+# Where `publisher run --on` (and `publisher demo --on`) runs the GPU stages.
+RUNS_ON = ("local", "hf-jobs")
 DEFAULT_IMAGE = "ghcr.io/astral-sh/uv:python3.12-bookworm"
 DEFAULT_FLAVOR = "a10g-large"
 DEFAULT_PUSH_FLAVOR = "cpu-upgrade"

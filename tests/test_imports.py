@@ -12,6 +12,7 @@ PACKAGE = Path(publisher.__file__).parent
 SHELLS = {
     "publisher.cli",
     "publisher.cli_actions",
+    "publisher.cli_hub",
     "publisher.console",
     "publisher.actions",
     "publisher.__main__",
