@@ -292,11 +292,6 @@ def pipeline_command(recipe: Path, out_dir: Path, report: Path, resolve: bool = 
     return cmd
 
 
-def weight_check_command(recipe: Path, merged: Path, report: Path) -> list[str]:
-    """A child running `publisher.weights.check_weights` on `merged` (see `_child.py`)."""
-    return [PYTHON, str(CHILD), "weight-check", str(recipe), str(merged), "--report", str(report)]
-
-
 def bare_command(config: Path, out_dir: Path, out_shard_size: str) -> list[str]:
     """`mergekit-yaml` with the options `run_merge_stage` uses (see publisher/merge.py).
 

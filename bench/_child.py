@@ -4,12 +4,6 @@ python bench/_child.py build-parents ROOT SPEC_JSON [--dtype bfloat16]
     Build two synthetic Mistral parents, ROOT/base (seed 1) and ROOT/other (seed 2), with
     `publisher.tiny.build_tiny_parent` (float32), converted to `--dtype` when given.
 
-python bench/_child.py weight-check RECIPE MERGED_DIR [--report FILE]
-    What `publisher run --stages weights` does for local parents: load the recipe, resolve the
-    parents (digests cached), plan, and `publisher.weights.check_weights` on MERGED_DIR (every
-    tensor re-merged at its planned t and compared). Exits 1 if the check fails. --report writes
-    phase timings and the check's counts as JSON.
-
 python bench/_child.py pipeline-merge RECIPE OUT_DIR [--report FILE] [--no-resolve]
     What `publisher run --stages merge` does for local parents: load the recipe, resolve the
     parents (content-hashing their weights), and run `publisher.merge.run_merge_stage` with the
@@ -105,42 +99,6 @@ def pipeline_merge(recipe_path: Path, out_dir: Path, report: Path | None, resolv
         report.write_text(json.dumps(phases, indent=2) + "\n")
 
 
-def weight_check(recipe_path: Path, merged: Path, report: Path | None) -> int:
-    phases: dict[str, float | int] = {}
-    mark = _START
-
-    def lap(name: str) -> None:
-        nonlocal mark
-        now = time.perf_counter()
-        phases[name] = now - mark
-        mark = now
-
-    import mergekit.merge_methods.api  # noqa: F401  (imported by check_weights; timed as import)
-
-    from publisher.parents import resolve_parents
-    from publisher.recipe import load_recipe
-    from publisher.schedule import build_plan
-    from publisher.weights import check_weights
-
-    lap("import")
-    recipe = load_recipe(recipe_path)
-    parents = resolve_parents(recipe)
-    plan = build_plan(recipe, parents)
-    lap("load_recipe_and_plan")
-    dirs = {p.ref: Path(p.path) for p in parents if p.path}
-    result = check_weights(
-        plan, merged, dirs, recipe.merge.get("dtype"), recipe.merge.get("out_dtype"), log=print
-    )
-    lap("check_weights")
-    phases["total_in_process"] = time.perf_counter() - _START
-    phases["tensors"] = len(result.tensors)
-    phases["exact"] = sum(1 for c in result.tensors if c.exact == 1.0)
-    phases["not_observable"] = result.not_observable
-    if report is not None:
-        report.write_text(json.dumps(phases, indent=2) + "\n")
-    return 0 if result.passed else 1
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -153,15 +111,9 @@ def main() -> None:
     p.add_argument("out_dir", type=Path)
     p.add_argument("--report", type=Path)
     p.add_argument("--no-resolve", action="store_true")
-    p = sub.add_parser("weight-check")
-    p.add_argument("recipe", type=Path)
-    p.add_argument("merged", type=Path)
-    p.add_argument("--report", type=Path)
     args = parser.parse_args()
     if args.command == "build-parents":
         build_parents(args.root, args.spec_json, args.dtype)
-    elif args.command == "weight-check":
-        raise SystemExit(weight_check(args.recipe, args.merged, args.report))
     else:
         pipeline_merge(args.recipe, args.out_dir, args.report, resolve=not args.no_resolve)
 

@@ -1,13 +1,18 @@
-"""Benchmark: the weight check (verify's re-merge of every tensor) against the merge itself.
+"""Benchmark: the weight check (verify's re-merge of every tensor) against the merge stage.
 
 On one pair of synthetic parents (default 800M parameters each, float32, cached under
-build/bench/parents-<size>), each round runs, in fresh child processes and in alternating
-order: the pipeline's merge stage (`resolve_parents` + `run_merge_stage`, the recipe's default
-out_shard_size 5B unless `--out-shard-size` is given), then the weight check on that merge's
-output (`load_recipe` + `resolve_parents` + `build_plan` + `publisher.weights.check_weights`,
-what `publisher run --stages weights` does). It prints both wall times and peak RSS (the
-child's own `ru_maxrss`), their medians, and the two ratios verify / merge; the target is <= 1
-for both.
+<cache-dir>/parents-<size>), the plan stage runs once, then each round runs two whole
+processes, exactly what a user pays for each stage:
+
+    merge     publisher run RECIPE --out RUN --stages merge --force     (auto-tuned options)
+    weights   publisher run RECIPE --out RUN --stages weights --force   (the weight check)
+
+`weights` is verify's weight check: every tensor re-merged with mergekit's SLERP at the planned t
+and compared, plus whether t is observable; the verify stage reuses its `weights.json`. The
+stage reads `plan.json` from the run directory and hashes the merged weights for the manifest,
+as in any `publisher run`. Printed: wall time, CPU time and peak RSS (the child's own
+`ru_maxrss`) of both, their medians, and the two ratios weights / merge; the target is <= 1 for
+both (issue 9).
 
     .venv/bin/python bench/verify_cost.py                  # 800M, 3 rounds
     .venv/bin/python bench/verify_cost.py --size 50M --rounds 2
@@ -17,11 +22,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import tempfile
 from pathlib import Path
 
 import _benchlib as lib
+
+PUBLISHER = lib.MERGEKIT_YAML.with_name("publisher")
 
 
 def parse_args() -> argparse.Namespace:
@@ -38,7 +44,9 @@ def parse_args() -> argparse.Namespace:
         help="the recipe's dtype (the parents are float32; mergekit casts them)",
     )
     parser.add_argument(
-        "--out-shard-size", default="5B", help="the recipe's out_shard_size (bytes)"
+        "--out-shard-size",
+        default="auto",
+        help="the recipe's publish.merge.out_shard_size (bytes); auto: publisher tunes it",
     )
     lib.add_measurement_args(
         parser, idle_help="before each run, wait until other processes use fewer CPUs than this"
@@ -47,6 +55,14 @@ def parse_args() -> argparse.Namespace:
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     return args
+
+
+def recipe_text(parents: lib.Parents, dtype: str, out_shard_size: str) -> str:
+    text = lib.slerp_config_yaml(parents, dtype)
+    text += "publish:\n  repo_id: bench/verify-cost\n  license: apache-2.0\n"
+    if out_shard_size != "auto":
+        text += f"  merge:\n    out_shard_size: {out_shard_size}\n"
+    return text
 
 
 def _row(what: str, m: lib.Measurement) -> list[str]:
@@ -61,6 +77,11 @@ def _row(what: str, m: lib.Measurement) -> list[str]:
     ]
 
 
+def _stage_seconds(run_dir: Path, stage: str) -> float:
+    """The stage's own time as `manifest.json` records it (no interpreter start, no imports)."""
+    return float(json.loads((run_dir / "manifest.json").read_text())["stages"][stage]["seconds"])
+
+
 def main() -> int:
     args = parse_args()
     print(f"machine: {lib.machine_summary()}")
@@ -73,74 +94,83 @@ def main() -> int:
         f"out_shard_size {args.out_shard_size}; {args.rounds} round(s)\n",
         flush=True,
     )
-    merges: list[lib.Measurement] = []
-    checks: list[lib.Measurement] = []
+    results: dict[str, list[lib.Measurement]] = {"merge": [], "weights": []}
+    in_stage: dict[str, list[float]] = {"merge": [], "weights": []}
     rows: list[list[str]] = []
+    report: dict = {}
     with tempfile.TemporaryDirectory(prefix="verify-cost-", dir=args.cache_dir) as tmp:
         work = Path(tmp)
-        recipe, _ = lib.write_recipe_pair(work, parents, args.out_shard_size, args.dtype)
-        out = work / "merged"
+        recipe = work / "recipe.yaml"
+        recipe.write_text(recipe_text(parents, args.dtype, args.out_shard_size), encoding="utf-8")
+        run_dir = work / "run"
+        run = [str(PUBLISHER), "run", str(recipe), "--out", str(run_dir)]
+        lib.check_ok(lib.measure([*run, "--stages", "plan"], work / "plan.log"), "the plan stage")
         for number in range(1, args.rounds + 1):
-            if out.exists():
-                shutil.rmtree(out)
-            lib.wait_for_quiet(args.idle_threshold, args.idle_wait)
-            merge = lib.measure(
-                lib.pipeline_command(recipe, out, work / "merge.json"),
-                work / "merge.log",
-                work / "merge.json",
-                args.sample_interval,
-            )
-            lib.check_ok(merge, "the merge")
-            lib.wait_for_quiet(args.idle_threshold, args.idle_wait)
-            check = lib.measure(
-                lib.weight_check_command(recipe, out, work / "check.json"),
-                work / "check.log",
-                work / "check.json",
-                args.sample_interval,
-            )
-            lib.check_ok(check, "the weight check")
-            merges.append(merge)
-            checks.append(check)
-            rows += [_row(f"{number} merge", merge), _row(f"{number} verify", check)]
+            for stage in ("merge", "weights"):
+                lib.wait_for_quiet(args.idle_threshold, args.idle_wait)
+                m = lib.measure(
+                    [*run, "--stages", stage, "--force"],
+                    work / f"{stage}.log",
+                    sample_interval=args.sample_interval,
+                )
+                lib.check_ok(m, f"the {stage} stage")
+                results[stage].append(m)
+                in_stage[stage].append(_stage_seconds(run_dir, stage))
+                rows.append(_row(f"{number} {stage}", m))
+            report = json.loads((run_dir / "weights.json").read_text())
+            merge, check = results["merge"][-1], results["weights"][-1]
             print(
                 f"round {number}: merge {merge.seconds:.1f}s {lib.format_bytes(merge.maxrss_bytes)}"
-                f", verify {check.seconds:.1f}s {lib.format_bytes(check.maxrss_bytes)} "
-                f"({check.report.get('tensors')} tensors, {check.report.get('exact')} exact)",
+                f", weights {check.seconds:.1f}s {lib.format_bytes(check.maxrss_bytes)} "
+                f"({len(report['tensors'])} tensors, {report['not_observable']} with t not "
+                "observable)",
                 flush=True,
             )
     print()
     lib.print_table(
         ["round", "wall s", "CPU s", "peak RSS", "peak anon", "peak file", "others' CPUs"], rows
     )
-    merge_s = lib.median([m.seconds for m in merges])
-    check_s = lib.median([m.seconds for m in checks])
-    merge_rss = lib.median([m.maxrss_bytes for m in merges])
-    check_rss = lib.median([m.maxrss_bytes for m in checks])
-    phases = checks[-1].report
-    print(
-        f"\nverify phases (last round, s): import {phases.get('import', 0):.1f}, "
-        f"recipe+plan {phases.get('load_recipe_and_plan', 0):.1f}, "
-        f"check_weights {phases.get('check_weights', 0):.1f}"
-    )
-    print(f"median merge:  {merge_s:.1f} s, {lib.format_bytes(merge_rss)} peak RSS")
-    print(f"median verify: {check_s:.1f} s, {lib.format_bytes(check_rss)} peak RSS")
-    time_ratio, rss_ratio = check_s / merge_s, check_rss / merge_rss
-    print(
-        f"verify / merge time: {time_ratio:.2f}x  (target <= 1: {'PASS' if time_ratio <= 1 else 'over'})"
-    )
-    print(
-        f"verify / merge RSS:  {rss_ratio:.2f}x  (target <= 1: {'PASS' if rss_ratio <= 1 else 'over'})"
-    )
+    medians = {
+        stage: {
+            "wall": lib.median([m.seconds for m in ms]),
+            "cpu": lib.median([m.user_seconds + m.system_seconds for m in ms]),
+            "rss": lib.median([m.maxrss_bytes for m in ms]),
+            "in_stage": lib.median(in_stage[stage]),
+            "wall_min": min(m.seconds for m in ms),
+            "wall_max": max(m.seconds for m in ms),
+        }
+        for stage, ms in results.items()
+    }
+    for stage, s in medians.items():
+        print(
+            f"median {stage:<8} {s['wall']:.1f} s wall ({s['wall_min']:.1f}-{s['wall_max']:.1f}), "
+            f"{s['cpu']:.1f} s CPU, {s['in_stage']:.1f} s in the stage, "
+            f"{lib.format_bytes(s['rss'])} peak RSS"
+        )
+    merge, check = medians["merge"], medians["weights"]
+    ratios = {
+        "time": check["wall"] / merge["wall"],
+        "CPU": check["cpu"] / merge["cpu"],
+        "in-stage time": check["in_stage"] / merge["in_stage"],
+        "RSS": check["rss"] / merge["rss"],
+    }
+    for what, value in ratios.items():
+        target = " (target <= 1: " + ("PASS" if value <= 1 else "over") + ")"
+        print(f"weights / merge {what}: {value:.2f}x" + (target if what in ("time", "RSS") else ""))
     if args.json:
         args.json.write_text(
             json.dumps(
                 {
                     "size": args.size,
                     "dtype": args.dtype,
-                    "merge": [m.__dict__ | {"log": str(m.log)} for m in merges],
-                    "verify": [m.__dict__ | {"log": str(m.log)} for m in checks],
-                    "time_ratio": time_ratio,
-                    "rss_ratio": rss_ratio,
+                    "runs": {
+                        stage: [m.__dict__ | {"log": str(m.log)} for m in ms]
+                        for stage, ms in results.items()
+                    },
+                    "in_stage_seconds": in_stage,
+                    "medians": medians,
+                    "ratios": ratios,
+                    "not_observable": report.get("not_observable"),
                 },
                 indent=2,
             )
