@@ -286,12 +286,12 @@ def t_observable(
 
     First on `SAMPLE_ROWS` rows: if the neighbour merge of those rows alone moves some value
     clearly past the bound, t shows and the answer is yes. Otherwise the whole neighbour is
-    merged and compared, as for the planned t. See `_clearly_moves` for what "clearly" means.
+    merged and compared, as for the planned t. See `sample_shows_t` for what "clearly" means.
     """
     import torch
 
     near = near_t(planned)
-    if _clearly_moves(stored, base, other, near, dtype, out_dtype, bound):
+    if sample_shows_t(stored, base, other, near, dtype, out_dtype, bound):
         return True
     neighbour = remerge(base, other, near, dtype, out_dtype)
     if bound == 0:
@@ -299,7 +299,7 @@ def t_observable(
     return compare(stored, neighbour, base, other, stop_above=bound)[0] > bound
 
 
-def _clearly_moves(stored, base, other, near: float, dtype, out_dtype, bound: int) -> bool:
+def sample_shows_t(stored, base, other, near: float, dtype, out_dtype, bound: int) -> bool:
     """Whether mergekit's SLERP at `near`, run on a sample of rows, puts some value further
     from `stored` than the bound plus anything the sampling itself could explain.
 

@@ -27,9 +27,12 @@ from publisher.weights import (
     MAX_ULPS,
     SafetensorsDir,
     check_weights,
+    near_t,
     parent_tensor_names,
     recover_t,
     remerge,
+    sample_shows_t,
+    t_observable,
 )
 
 NEAR_COPY_RECIPE = (
@@ -270,3 +273,30 @@ def test_near_copy_parents_are_deterministic(tmp_path):
     assert all(base[n].dtype == torch.bfloat16 for n in base)
     changed = sum(not torch.equal(base[n], tuned[n]) for n in base)
     assert changed == len(base) - 1  # every tensor moves a little, the frozen embeddings do not
+
+
+def test_a_row_sample_settles_observability_only_where_t_clearly_shows():
+    """The cheap path: 16 rows merged at t±0.05 settle "observable" only for a clear move;
+    otherwise the whole neighbour is merged, and either way the answer is the whole tensor's."""
+    torch.manual_seed(0)
+    base = torch.randn(64, 32)
+    far = torch.randn(64, 32)  # independent parents: t shows by far
+    # A near copy, each value within 1e-4 of the base's: t moves it by ~5e-6 of itself at most.
+    near = base * (1 + 1e-4 * torch.randn(64, 32))
+    seen = {}
+    for other, label in ((far, "far"), (near, "near")):
+        for dtype in ("float32", "bfloat16"):
+            stored = remerge(base, other, 0.3, dtype)
+            neighbour = remerge(base, other, near_t(0.3), dtype)
+            whole = not torch.equal(stored, neighbour)
+            assert t_observable(stored, base, other, 0.3, dtype) is whole
+            seen[label, dtype] = (
+                sample_shows_t(stored, base, other, near_t(0.3), dtype, None, 0),
+                whole,
+            )
+    assert seen == {
+        ("far", "float32"): (True, True),
+        ("far", "bfloat16"): (True, True),
+        ("near", "float32"): (False, True),  # ~40 float32 ulps: observable, but not clearly
+        ("near", "bfloat16"): (False, seen["near", "bfloat16"][1]),
+    }
