@@ -19,18 +19,24 @@ value and the two parents' values, so that parents which cancel to near zero are
 tighter standard than the numbers the value was computed from.
 
 What the weights cannot show: where the parents are so close that the merge at a t `NEAR_T` away
-(t + `NEAR_T`, or t - `NEAR_T` above 1 - `NEAR_T`) stores the same tensor (within the bound), no check of the weights can tell the planned t from a
-nearby one. Such a tensor is marked "t not observable in <dtype>"; it still passes only if the
-re-merge at the planned t matches, and a tensor that contradicts the planned t fails whatever
-its observability. The count goes into the report and a sentence onto the card.
+(t + `NEAR_T`, or t - `NEAR_T` above 1 - `NEAR_T`) stores the same tensor (within the bound), no
+check of the weights can tell the planned t from a nearby one. Such a tensor is marked "t not
+observable in <dtype>"; it still passes only if the re-merge at the planned t matches, and a
+tensor that contradicts the planned t fails whatever its observability. The count goes into the
+report and a sentence onto the card. Observability is judged only for a tensor that matched,
+first on `SAMPLE_ROWS` rows merged at the neighbouring t (`sample_shows_t`: a value that moves
+clearly past the bound settles it, as for parents far apart);
+only where the sample shows no clear move is the whole neighbour merged and compared.
 
 Recovering t by inverting SLERP (`recover_t`) is ill-conditioned for nearly collinear parents
 and rounded weights, so it is only a diagnostic in failure messages.
 
-Cost: tensors are read one at a time (each file is opened with `safe_open` for one tensor and
-closed again, so no mapped pages stay resident) and compared in chunks; the check holds the two
-parents' tensors, the stored one and one re-merged one at a time, like the merge itself. Models
-up to `FULL_CHECK_MAX_PARAMS` parameters are checked tensor by tensor, every tensor; above that a
+Cost: tensors are read one at a time (each file is opened with `safe_open`, which maps it, for
+one tensor and closed again, so no mapped pages stay resident) and compared in chunks; the check
+holds the two parents' tensors, the stored one and one re-merged one at a time, like the merge
+itself. Per tensor it runs mergekit's SLERP once, like the merge, plus the neighbour's: on 16 rows
+where they show t, on the whole tensor where they do not (near copies). Models up to
+`FULL_CHECK_MAX_PARAMS` parameters are checked tensor by tensor, every tensor; above that a
 documented sample: every tensor outside the layer stack, and in every layer the first tensor of
 each t group (`sample_tensor_names`), each checked whole.
 """
@@ -49,8 +55,7 @@ from publisher.schedule import Plan, group_of
 FULL_CHECK_MAX_PARAMS = 1_000_000_000
 NEAR_T = 0.05
 """How far a "clearly different" t is: a tensor whose stored values are also what a t NEAR_T away
-gives cannot show t (one neighbour is merged, not two: the check's cost is two merges per tensor,
-the one at the planned t and this one)."""
+gives cannot show t (one neighbour is merged, not two, see `near_t`)."""
 SAMPLE_ROWS = 16
 """Rows of a tensor merged at the neighbouring t first: where they show t (the common case,
 parents that are not near copies) the whole-tensor neighbour merge is skipped."""
