@@ -200,6 +200,20 @@ def test_unresolvable_hub_parent_offline_says_so(tmp_path, capsys, monkeypatch):
     assert "org/base-model" in err and "publisher lock" in err and "Traceback" not in err
 
 
+def test_lock_offline_gives_its_advice_once(tmp_path, capsys, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # HF_HUB_OFFLINE=1 at start-up
+    path = tmp_path / "hub.yaml"
+    path.write_text(one_slice("org/base-model", "org/other-model"))
+    assert main(["lock", str(path)]) == 0
+    captured = capsys.readouterr()
+    printed = captured.out + captured.err
+    # Each parent says why it is not pinned; what to do is said once, for both.
+    assert "org/base-model: UNRESOLVED (offline when locked)" in printed
+    assert printed.count("publisher lock") == 1
+
+
 def test_local_revision_follows_content_and_reuses_cached_digests(tmp_path, monkeypatch):
     import hashlib
     import os
