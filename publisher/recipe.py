@@ -33,6 +33,8 @@ from publisher.recipe_schema import (
     SmokePrompt,
     SmokeSettings,
     closest,
+    model_ref_text,
+    model_refs_as_text,
     must_be,
     repo_id_problem,
 )
@@ -73,7 +75,8 @@ class Recipe:
         name: the file's stem, e.g. `"strangemerges-34-7b-slerp"`.
         text: the exact file contents (shown verbatim on the card).
         sha256: hex digest of `text`'s bytes.
-        merge: the mergekit part, as the plain dict that was validated.
+        merge: the mergekit part, as the plain dict that was validated, with every model
+            reference in mergekit's string form (`org/name@rev` for `{model: {path, revision}}`).
         config: mergekit's `MergeConfiguration` of `merge`, built once; do not change it.
         publish: the publish settings, defaults filled in.
         repo_id: the Hub repo the model goes to, e.g. `"Gille/StrangeMerges_34-7B-slerp"`.
@@ -121,10 +124,11 @@ class Recipe:
 
 
 def _model_node(node: yaml.Node | None, ref: str, key: str) -> yaml.Node | None:
-    """The first scalar `key: ref` under `node`, depth first, in file order."""
+    """The first `key: ref` under `node`, depth first, in file order (`ref` in its string
+    form, whether the file writes it so or as mergekit's mapping)."""
     if isinstance(node, yaml.MappingNode):
         for k, v in node.value:
-            if k.value == key and isinstance(v, yaml.ScalarNode) and v.value == ref:
+            if k.value == key and _ref_of(v) == ref:
                 return v
             if (found := _model_node(v, ref, key)) is not None:
                 return found
@@ -133,6 +137,15 @@ def _model_node(node: yaml.Node | None, ref: str, key: str) -> yaml.Node | None:
             if (found := _model_node(item, ref, key)) is not None:
                 return found
     return None
+
+
+def _ref_of(node: yaml.Node) -> Any:
+    if isinstance(node, yaml.ScalarNode):
+        return node.value
+    try:  # a validated recipe: mergekit's mapping form, read back as its string form
+        return model_ref_text(yaml.SafeLoader("").construct_object(node, deep=True))
+    except Exception:
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,6 +209,7 @@ def _load_recipe(path: Path) -> Recipe:
         problems += check_paths(publish, path.parent, loc.problem)
     config = None
     if _validate(_CONFIG, merge, (), loc, problems) is not None:
+        merge = model_refs_as_text(merge)  # one spelling per parent, mergekit's string form
         config = _build_config(merge, loc, problems)
     if config is not None:
         problems += check_config(config, loc.problem)

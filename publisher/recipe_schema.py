@@ -19,6 +19,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     TypeAdapter,
@@ -232,10 +233,71 @@ def _one_line(value: str) -> str:
     return value
 
 
+MODEL_REF_FORMS = (
+    "a model id or path ('org/name', 'org/name@revision', './local/dir'), or mergekit's "
+    "mapping {model: {path: org/name, revision: main}}"
+)
+_NO_LORA = (
+    "a LoRA adapter is not merged here: merge it into its model first (peft's "
+    "merge_and_unload), save or publish the result and name that model"
+)
+_MODEL_REF_KEYS = ("model", "lora", "override_architecture")
+
+
+def model_ref_text(value: Any) -> Any:
+    """A model reference in mergekit's string form, the one the rest of the service uses.
+
+    mergekit (`common.ModelReference`) also reads a mapping, `{model: org/name}` or
+    `{model: {path: org/name, revision: abc123}}`: that becomes `"org/name@abc123"`, what
+    mergekit's own `str(ModelReference)` gives, so the lock, the parents and the plan see one
+    spelling of each parent. A LoRA (`lora:`, or mergekit's `"model+adapter"`) and
+    `override_architecture` are refused, each with what to do. Anything else is returned as
+    it is, for the string checks to judge.
+    """
+    if isinstance(value, str) and "+" in value:
+        raise fail(f"'{value}': mergekit reads 'model+adapter' as a LoRA; {_NO_LORA}")
+    if not isinstance(value, dict):
+        return value
+    if value.get("lora") is not None:
+        raise fail(_NO_LORA)
+    if value.get("override_architecture") is not None:
+        raise fail(
+            "override_architecture is not supported: both parents are merged as their "
+            "config.json declares them; remove it"
+        )
+    model = value.get("model")
+    if isinstance(model, dict) and set(model) <= {"path", "revision"}:
+        path, revision = model.get("path"), model.get("revision")
+        if isinstance(path, str) and "@" not in path and isinstance(revision, str | None):
+            model = f"{path}@{revision}" if revision else path
+    if not isinstance(model, str) or set(value) - set(_MODEL_REF_KEYS):
+        raise fail(f"a model reference is {MODEL_REF_FORMS}")
+    return model_ref_text(model)
+
+
+def model_refs_as_text(merge: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a validated mergekit config with every model reference in its string form."""
+
+    def walk(value: Any, key: Any = None) -> Any:
+        if key in ("model", "base_model"):
+            return model_ref_text(value)
+        if isinstance(value, dict):
+            return {k: walk(v, k) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        return value
+
+    return walk(merge)
+
+
 Name = Annotated[str, AfterValidator(_one_line)]
 Texts = Annotated[list[Name], must_be("a list of strings", list)]
+# Validators listed last run first: mergekit's mapping form becomes a string before the checks.
 ModelRef = Annotated[
-    str, must_be("a model id such as org/name or a local path"), AfterValidator(_one_line)
+    str,
+    must_be(MODEL_REF_FORMS),
+    AfterValidator(_one_line),
+    BeforeValidator(model_ref_text),
 ]
 Section = must_be("a mapping of settings", dict)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -149,6 +150,19 @@ parameters:
         "exactly two models",
     ),
     ("unknown-eval-suite", VALID + "publish:\n  eval:\n    suite: openllm\n", 17, "openllm-v1"),
+    (
+        "model-lora-mapping",
+        VALID.replace("- model: {other}", "- model: {model: {path: {other}}, lora: me/adapter}"),
+        5,
+        "merge it into its model first",
+    ),
+    ("model-plus-lora", VALID.replace("- model: {other}", "- model: {other}+me/adapter"), 5, "LoRA"),
+    (
+        "model-path-without-model",  # mergekit's ModelPath where a ModelReference belongs
+        VALID.replace("- model: {other}", "- model: {path: {other}}"),
+        5,
+        "or mergekit's mapping {model: {path: org/name, revision: main}}",
+    ),
     ("wrong-type", VALID + "publish:\n  private: maybe\n", 16, "private"),
 ]
 
@@ -430,3 +444,25 @@ SCHEMA = [
 )
 def test_schema_rules_are_reported_at_their_line(write_recipe, capsys, text, line, fragment):
     test_broken_recipe_is_reported_at_its_line(write_recipe, capsys, text, line, fragment)
+
+
+def test_mergekit_mapping_model_references_are_accepted(write_recipe, tiny_parents, capsys):
+    """mergekit's `{model: {path: ...}}` and `{model: ...}` forms mean what the plain strings
+    mean: the same parents, the same plan."""
+    from mergekit.common import ModelReference
+
+    from publisher.recipe_schema import model_ref_text
+
+    mapping = {"model": {"path": "org/a", "revision": "abc123"}}
+    assert model_ref_text(mapping) == str(ModelReference.model_validate(mapping)) == "org/a@abc123"
+    text = VALID.replace(
+        "      - model: {other}\n", "      - model:\n          model:\n            path: {other}\n"
+    ).replace("base_model: {base}", "base_model: {model: {base}}")
+    plans = []
+    for name, body in (("plain.yaml", VALID), ("mapping.yaml", text)):
+        path = write_recipe(body, name=name)
+        assert load_recipe(path).model_refs() == [str(p) for p in tiny_parents]
+        assert main(["plan", str(path), "--json"]) == 0
+        plan = json.loads(capsys.readouterr().out)
+        plans.append({k: v for k, v in plan.items() if k != "recipe_sha256"})
+    assert plans[0] == plans[1]
