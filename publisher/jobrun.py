@@ -25,7 +25,11 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from publisher.recipe import Recipe
+    from publisher.settings import Settings
 
 SPEC_ENV = "PUBLISHER_JOB"
 BUNDLE_MOUNT = "/bundle"
@@ -103,24 +107,31 @@ def build(spec: JobSpec) -> int:
     from publisher.errors import PublisherError
     from publisher.pipeline import run_pipeline
     from publisher.recipe import load_recipe
-    from publisher.settings import Overrides, resolve_settings
 
     bundle = mount(BUNDLE_MOUNT)
-    options = dict(spec.options)
-    if options.get("templates_dir"):
-        options["templates_dir"] = str(bundle / options["templates_dir"])
     run_dir = mount(OUT_MOUNT) / RUN_SUBDIR
     device = _device()
     _say(f"publisher build job: {spec.recipe} on {device}, run {spec.run_id}")
     try:
         recipe = load_recipe(bundle / spec.recipe)
-        settings = resolve_settings(recipe, Overrides(**options, device=device, push=False))
-        run_pipeline(recipe, run_dir, settings, log=_say)
+        run_pipeline(recipe, run_dir, build_settings(spec, recipe, bundle, device), log=_say)
     except PublisherError as exc:
         _say(f"error: {exc}")
         return 1
     _say("build finished: every stage passed")
     return 0
+
+
+def build_settings(spec: JobSpec, recipe: Recipe, bundle: Path, device: str) -> Settings:
+    """The build job's `Settings`: the recipe in the bundle with the flags the command line
+    gave, and nothing else. A merge option neither sets stays unset, so the merge stage tunes
+    it for this job's hardware (`publisher.merge_tuning`) and records why in the manifest."""
+    from publisher.settings import Overrides, resolve_settings
+
+    options = dict(spec.options)
+    if options.get("templates_dir"):
+        options["templates_dir"] = str(bundle / options["templates_dir"])
+    return resolve_settings(recipe, Overrides(**options, device=device, push=False))
 
 
 def _device() -> str:

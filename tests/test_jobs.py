@@ -138,6 +138,9 @@ def test_publish_workflow_on_hf_jobs_pushes_and_brings_the_record_back(
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["stages"]["verify"]["status"] == "ok"
     assert json.loads((out / "verify.json").read_text())["passed"] is True
+    # The recipe sets no publish.merge: the build job tuned every merge option on its machine.
+    reasons = manifest["merge_options"]["reasons"]
+    assert reasons and "set by the recipe or a flag" not in reasons.values()
     # Pushed once, from the finish job; the card on the Hub is the one that came back.
     assert len(model_commits(hub)) == 1 and manifest["push"]["repo_id"] == "jobs-tester/tiny-jobs"
     api = HfApi()

@@ -90,3 +90,31 @@ def test_parents_are_read_with_pread_on_cpu_where_safetensors_can():
     assert choose(output_bytes=GB, pread_available=True, device="cuda")["parent_reads"] == "mmap"
     pickled = choose(output_bytes=GB, pread_available=True, pickled_parents=True)
     assert pickled["parent_reads"] == "mmap"
+
+
+def test_the_hf_jobs_build_tunes_what_neither_the_recipe_nor_a_flag_sets(
+    write_recipe, tiny_parents, tmp_path
+):
+    """`--on hf-jobs --write-threads 3` on a recipe with `out_shard_size`: the build job keeps
+    those two and tunes the rest for its own hardware, as a local run does."""
+    from publisher.jobrun import SPEC_ENV, JobSpec, build_settings
+    from publisher.jobs import Bundle, _job_options
+    from publisher.settings import Overrides
+
+    recipe = load_recipe(
+        write_recipe(
+            "models: [{model: {base}}, {model: {other}}]\nmerge_method: slerp\n"
+            "base_model: {base}\nparameters: {t: 0.5}\npublish:\n  merge: {out_shard_size: 1B}\n"
+        )
+    )
+    bundle = Bundle(root=tmp_path, recipe="recipe.yaml", src=".", templates=None, digest="0")
+    options = _job_options(Overrides(merge={"write_threads": 3}), bundle)
+    sent = JobSpec(run_id="run", recipe="recipe.yaml", options=options).to_env()
+    settings = build_settings(JobSpec.from_env({SPEC_ENV: sent}), recipe, tmp_path, "cpu")
+    base, other = tiny_parents
+    request, tuning = tuned_merge_request(
+        recipe, {str(base): base, str(other): other}, settings=settings.merge
+    )
+    explicit = {name for name, why in tuning.reasons.items() if why == EXPLICIT}
+    assert explicit == {"out_shard_size", "write_threads"}
+    assert (request.out_shard_size, request.write_threads) == ("1B", 3)
