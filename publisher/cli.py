@@ -118,9 +118,9 @@ def cmd_card(args: argparse.Namespace) -> int:
 
 
 def cmd_tiny(args: argparse.Namespace) -> int:
-    from publisher.tiny import build_tiny_parents
+    from publisher.tiny import build_demo_parents
 
-    base, other = build_tiny_parents(Path(args.out))
+    base, other = build_demo_parents(Path(args.out))
     _out(f"tiny parents: {base} and {other}")
     return EXIT_OK
 
@@ -360,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_card)
 
     p = sub.add_parser("tiny", help="build the two tiny demo parents")
-    p.add_argument("--out", default="build/tiny-parents")
+    p.add_argument("--out", default="build/demo-parents")
     p.set_defaults(func=cmd_tiny)
 
     p = sub.add_parser("run", help="plan, merge, smoke-test, evaluate, card, verify (and push)")

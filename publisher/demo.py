@@ -1,6 +1,7 @@
 """`make demo`: the main job, end to end, on this machine, with no network and no GPU.
 
-1. builds the two tiny parents (`build/tiny-parents`);
+1. builds the two tiny parents (`build/demo-parents`): a random-weight base and a near copy of
+   it (a few fine-tuning steps), as the parents of real merges are;
 2. starts the local Hub-compatible server (`publisher.hubserver`) and publishes the parents to it
    as Hub repos;
 3. writes the demo recipe with the parents referenced by Hub ID, locks them to their commit SHAs;
@@ -54,12 +55,12 @@ def run_demo(out: Path, log: Callable[[str], None] = print, on: str = "local") -
     from publisher.pipeline import run_pipeline
     from publisher.recipe import load_recipe
     from publisher.settings import Overrides, resolve_settings
-    from publisher.tiny import build_tiny_parents
+    from publisher.tiny import build_demo_parents
 
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     log("building the tiny parents ...")
-    base, other = build_tiny_parents(REPO_ROOT / "build" / "tiny-parents")
+    base, other = build_demo_parents(REPO_ROOT / "build" / "demo-parents")
     with (
         LocalHub(out / "hub-data", token=DEMO_TOKEN, user=DEMO_NAMESPACE) as hub,
         hub_client_env(hub.endpoint, token=DEMO_TOKEN, hf_home=out / "hf-home"),
@@ -72,8 +73,8 @@ def run_demo(out: Path, log: Callable[[str], None] = print, on: str = "local") -
             hub_recipe_text(
                 DEMO_RECIPE.read_text(encoding="utf-8"),
                 {
-                    "../build/tiny-parents/tiny-base": base_id,
-                    "../build/tiny-parents/tiny-other": other_id,
+                    "../build/demo-parents/tiny-base": base_id,
+                    "../build/demo-parents/tiny-tuned": other_id,
                 },
             ),
             encoding="utf-8",

@@ -67,13 +67,17 @@ def build_tokenizer(out_dir: Path, vocab_size: int):
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.pre_tokenizer = byte_level
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         special_tokens=SPECIAL_TOKENS,
         # Only the corpus's own (ASCII) characters: a random model then "writes" readable
-        # fragments instead of stray bytes that decode to replacement characters.
+        # fragments instead of stray bytes that decode to replacement characters. Plus "\n",
+        # which the corpus (trained line by line) lacks and the chat template writes after
+        # every role and turn: without it each one would be <unk>.
+        initial_alphabet=[piece for piece, _ in byte_level.pre_tokenize_str("\n")],
         show_progress=False,
     )
     tokenizer.train_from_iterator(_CORPUS.splitlines(), trainer=trainer)
@@ -179,6 +183,25 @@ def build_tiny_parents(root: Path, spec: TinyModelSpec | None = None) -> tuple[P
 
 NEAR_COPY_NAMES = ("tiny-base", "tiny-tuned")
 """The directories `build_near_copy_parents` writes: the base model and its short fine-tune."""
+
+
+def build_demo_parents(root: Path) -> tuple[Path, Path]:
+    """The demo's parents under `root`, built once: a tiny base and its near copy, as the
+    parents of real merges are (`build_near_copy_parents`). (base, tuned).
+
+    In float32, unlike most real parents: lm-eval on a CPU runs bfloat16 at half the speed, and
+    the demo evaluates three models. The tests cover bfloat16 near copies.
+    """
+    root = Path(root)
+    base, tuned = (root / name for name in NEAR_COPY_NAMES)
+    # The near copy's README is written last: with it, both parents are complete.
+    if "near copy" not in _read(tuned / "README.md") or not (base / "config.json").exists():
+        return build_near_copy_parents(root, dtype="float32")
+    return base.resolve(), tuned.resolve()
+
+
+def _read(path: Path) -> str:
+    return path.read_text(encoding="utf-8") if path.exists() else ""
 
 
 def build_near_copy_parents(

@@ -26,6 +26,7 @@ from publisher.card import (
     write_card,
 )
 from publisher.cardview import t_bar
+from publisher.demo import hub_recipe_text
 from publisher.evalresults import EvalRow, EvalSummary
 from publisher.parents import ParentInfo, resolve_parents
 from publisher.recipe import Recipe, load_recipe
@@ -42,9 +43,10 @@ def demo(
 ) -> tuple[Recipe, Plan]:
     """The tiny demo recipe, pointed at the session's tiny parents, and its plan (built once)."""
     text = (REPO_ROOT / "recipes" / "tiny-demo-slerp.yaml").read_text(encoding="utf-8")
-    parent_dir = str(tiny_parents[0].parent)
     path = tmp_path_factory.mktemp("card-recipe") / "tiny-demo-slerp.yaml"
-    path.write_text(text.replace("../build/tiny-parents", parent_dir), encoding="utf-8")
+    base, other = (str(p) for p in tiny_parents)
+    dirs = {"../build/demo-parents/tiny-base": base, "../build/demo-parents/tiny-tuned": other}
+    path.write_text(hub_recipe_text(text, dirs), encoding="utf-8")
     recipe = load_recipe(path)
     return recipe, build_plan(recipe, resolve_parents(recipe))
 

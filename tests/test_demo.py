@@ -16,8 +16,9 @@ from publisher import hub as hub_module
 from publisher.hub import run_files
 from publisher.hubserver import LocalHub, hub_client_env
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
 REPO = "publisher-demo/tiny-demo-slerp"
-PARENTS = ("publisher-demo/tiny-base", "publisher-demo/tiny-other")
+PARENTS = ("publisher-demo/tiny-base", "publisher-demo/tiny-tuned")
 
 
 def _demo(out: Path) -> tuple[str, dict]:
@@ -107,6 +108,36 @@ def test_demo_publishes_a_reader_first_card_that_compares_and_reproduces(tmp_pat
     assert [
         line for line in again.splitlines() if line.startswith("| publisher_tiny_qa |")
     ] == table
+
+
+def test_demo_parents_are_a_base_and_its_near_copy(tmp_path):
+    """As in real merges: every tensor of the tuned parent is the base's plus a small delta
+    (the frozen embeddings exactly the base's)."""
+    from safetensors.torch import load_file
+
+    from publisher.tiny import build_demo_parents
+
+    base, tuned = build_demo_parents(REPO_ROOT / "build" / "demo-parents")
+    ours, theirs = (load_file(p / "model.safetensors") for p in (base, tuned))
+    assert ours.keys() == theirs.keys()
+    for name, tensor in ours.items():
+        delta = (theirs[name].float() - tensor.float()).norm() / tensor.float().norm()
+        if name == "model.embed_tokens.weight":
+            assert delta == 0, name
+        else:
+            assert 0 < delta < 0.1, (name, float(delta))
+
+
+def test_demo_tokenizer_has_a_newline_token(tmp_path):
+    """The chat template writes "\n" after every role and turn: it must be a token of its own,
+    not <unk>, and decode back."""
+    from publisher.tiny import build_tokenizer
+
+    tokenizer = build_tokenizer(tmp_path, 384)
+    ids = tokenizer.encode("Hi\nthere", add_special_tokens=False)
+    assert tokenizer.unk_token_id not in ids and tokenizer.decode(ids) == "Hi\nthere"
+    chat = tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False)
+    assert tokenizer.unk_token_id not in tokenizer.encode(chat, add_special_tokens=False)
 
 
 def _reproduce_with_mergekit(published: Path, shas: dict[str, str], out: Path) -> None:
