@@ -15,7 +15,7 @@ huggingface_hub (`HF_TOKEN`, the saved login, or the Trusted Publishers exchange
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -87,12 +87,17 @@ class PushResult:
 
 
 def fetch_parents(
-    recipe: Recipe, parents: list[ParentInfo], log: Callable[[str], None] = print
+    recipe: Recipe,
+    parents: list[ParentInfo],
+    log: Callable[[str], None] = print,
+    mounted: Mapping[str, Path] | None = None,
 ) -> dict[str, Path]:
     """A local directory for every parent, at its pinned revision.
 
     Hub parents are downloaded with `snapshot_download` at the locked commit SHA into the shared
-    HF cache (reused across runs): config, tokenizer and safetensors weights only. Pickle weights
+    HF cache (reused across runs): config, tokenizer and safetensors weights only. A Hub parent
+    in `mounted` (ref -> directory: the repo mounted at its locked revision, as a Hugging Face
+    Job's read-only model volume) is read there instead, with nothing downloaded. Pickle weights
     are refused unless the recipe sets `publish.allow_pickle`; a parent that needs remote code is
     refused unless it sets `publish.trust_remote_code`.
     """
@@ -111,6 +116,12 @@ def fetch_parents(
         repo_id = parent.ref.partition("@")[0]
         # Refused from the lock's config alone before anything is listed or downloaded.
         check_remote_code(recipe, parent.ref, {"config.json": parent.config})
+        if mounted and parent.ref in mounted:
+            dirs[parent.ref] = _mounted_parent(recipe, parent, Path(mounted[parent.ref]))
+            log(
+                f"  {repo_id}@{parent.revision[:12]} mounted at {mounted[parent.ref]} (no download)"
+            )
+            continue
         # Listing and downloads: huggingface_hub retries these itself (http_backoff).
         files = HfApi().list_repo_files(repo_id, revision=parent.revision)
 
@@ -133,6 +144,23 @@ def fetch_parents(
         # The snapshot holds what the merge reads: check it as a local parent is checked.
         dirs[parent.ref] = check_parent_dir(recipe, parent.ref, Path(path))
     return dirs
+
+
+def _mounted_parent(recipe: Recipe, parent: ParentInfo, path: Path) -> Path:
+    """A mounted Hub parent, checked as a downloaded one is, and against its lock: a volume at
+    another revision (or none at all) must not be merged as this parent."""
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise HubError(
+            f"parent '{parent.ref}': no readable config.json at {path} ({exc})"
+        ) from None
+    if config != parent.config:
+        raise HubError(
+            f"parent '{parent.ref}': the config.json mounted at {path} is not the one locked at "
+            f"{parent.revision}; mount the repo at that revision"
+        )
+    return check_parent_dir(recipe, parent.ref, path)
 
 
 # ---------------------------------------------------------------------------------------------

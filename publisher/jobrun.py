@@ -4,6 +4,10 @@ Two jobs per run, so that recipe-controlled code never runs next to the write cr
 
 - `build` (the GPU flavor, **no token**): the pipeline's stages on the recipe bundle, writing the
   run directory into a read-write bucket volume (`/out/run`). Templates and custom tasks run here.
+Hub parents are mounted in both jobs as read-only model volumes at their locked revisions
+(`/parents/<n>`), so neither downloads them: the finish job's weight check reads the very files
+the build merged.
+
 - `finish` (a small CPU flavor, the token as the job secret `HF_TOKEN`): reads the build's run
   directory from the same bucket, read-only, copies it, plans again from the recipe in the
   bundle (the plan in the bucket was written where recipe code ran, so it is not trusted), checks
@@ -34,6 +38,8 @@ if TYPE_CHECKING:
 SPEC_ENV = "PUBLISHER_JOB"
 BUNDLE_MOUNT = "/bundle"
 OUT_MOUNT = "/out"
+# Hub parents, each mounted read-only at its locked revision under /parents/<n>.
+PARENTS_MOUNT = "/parents"
 RUN_SUBDIR = "run"
 # The run record: what comes back to the local run directory (never `merged/`).
 RECORD_FILES = (
@@ -64,6 +70,8 @@ class JobSpec:
             to the bundle).
         push: push after verify passed (finish job).
         record_only: the build failed: bring the record back, verify and push nothing.
+        parent_mounts: Hub parent reference -> where its repo is mounted, at the locked
+            revision, e.g. `{"org/base": "/parents/0"}`; both jobs read the weights there.
     """
 
     run_id: str
@@ -73,6 +81,11 @@ class JobSpec:
     options: dict[str, Any] = field(default_factory=dict)
     push: bool = False
     record_only: bool = False
+    parent_mounts: dict[str, str] = field(default_factory=dict)
+
+    def mounted_parents(self) -> dict[str, Path]:
+        """The parents' mounts as paths in this job."""
+        return {ref: mount(path) for ref, path in self.parent_mounts.items()}
 
     def to_env(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -114,7 +127,8 @@ def build(spec: JobSpec) -> int:
     _say(f"publisher build job: {spec.recipe} on {device}, run {spec.run_id}")
     try:
         recipe = load_recipe(bundle / spec.recipe)
-        run_pipeline(recipe, run_dir, build_settings(spec, recipe, bundle, device), log=_say)
+        settings = build_settings(spec, recipe, bundle, device)
+        run_pipeline(recipe, run_dir, settings, log=_say, mounted_parents=spec.mounted_parents())
     except PublisherError as exc:
         _say(f"error: {exc}")
         return 1
@@ -204,7 +218,7 @@ def _verify_and_push(spec: JobSpec, work: Path) -> int:
     templates = spec.options.get("templates_dir")
     report = verify_run(
         run,
-        fetch_parents(recipe, parents, log=_say),
+        fetch_parents(recipe, parents, log=_say, mounted=spec.mounted_parents()),
         dtype=recipe.merge.get("dtype"),  # the trusted recipe's, not the bucket's copy
         out_dtype=recipe.merge.get("out_dtype"),
         expect_smoke="smoke" in passed,

@@ -7,12 +7,13 @@ directory as a local run.
    parent directories, with their relative layout kept. The bundle goes to the private staging
    repo `<namespace>/publisher-jobs` under `bundles/<digest>/`, so the job runs exactly this
    checkout's code whatever GitHub can see (a private repository works) and at a pinned commit.
-2. The **build** job (`--flavor`, no credential) mounts the bundle at that commit read-only and
-   a folder of the private bucket `<namespace>/publisher-jobs` read-write, installs the
-   project's dependencies unless the image has them, and runs plan → verify there.
-3. The **finish** job (`--push-flavor`, the token as the secret `HF_TOKEN`) verifies again from
-   the recipe, pushes only if that passed (and `--push` or `publish.push` asked), and uploads
-   the run record to the staging repo (`runs/<run id>/`).
+2. The **build** job (`--flavor`, no credential) mounts the bundle at that commit read-only,
+   a folder of the private bucket `<namespace>/publisher-jobs` read-write and each Hub parent
+   at its locked revision read-only, installs the project's dependencies unless the image has
+   them, and runs plan → verify there.
+3. The **finish** job (`--push-flavor`, the token as the secret `HF_TOKEN`) mounts the same
+   parents, verifies again from the recipe, pushes only if that passed (and `--push` or
+   `publish.push` asked), and uploads the run record to the staging repo (`runs/<run id>/`).
 4. Locally: the record (manifest, plan, smoke, eval results, verify, card, image; not the
    weights) is downloaded into the run directory.
 
@@ -37,7 +38,7 @@ from typing import Any
 
 import publisher
 from publisher.errors import PublisherError
-from publisher.jobrun import BUNDLE_MOUNT, OUT_MOUNT, RECORD_FILES, JobSpec
+from publisher.jobrun import BUNDLE_MOUNT, OUT_MOUNT, PARENTS_MOUNT, RECORD_FILES, JobSpec
 from publisher.manifest import hash_inputs
 from publisher.pipeline import run_pipeline
 from publisher.recipe import Recipe
@@ -272,6 +273,7 @@ def run_on_jobs(
         )
     _call(api.create_bucket, staging, private=True, exist_ok=True)
     report(f"bundle {bundle.digest} at {staging}@{commit.oid[:12]}; run {run_id}")
+    parent_volumes = hub_parent_volumes(recipe)
     spec = JobSpec(
         run_id=run_id,
         recipe=bundle.recipe,
@@ -279,6 +281,7 @@ def run_on_jobs(
         staging=staging,
         options=_job_options(given, bundle),
         push=settings.push,
+        parent_mounts={ref: volume.mount_path for ref, volume in parent_volumes.items()},
     )
     bundle_volume = Volume(
         type="model",
@@ -311,7 +314,7 @@ def run_on_jobs(
                 env={**env, "PUBLISHER_JOB": spec.to_env()},
                 flavor=job.flavor,
                 timeout=timeout,
-                volumes=[bundle_volume, out_volume(False)],
+                volumes=[bundle_volume, out_volume(False), *parent_volumes.values()],
                 labels={"publisher-run": run_id, "publisher-role": "build"},
                 namespace=namespace,
             ),
@@ -328,7 +331,7 @@ def run_on_jobs(
                 secrets={"HF_TOKEN": token},
                 flavor=job.push_flavor,
                 timeout=timeout,
-                volumes=[bundle_volume, out_volume(True)],
+                volumes=[bundle_volume, out_volume(True), *parent_volumes.values()],
                 labels={"publisher-run": run_id, "publisher-role": "finish"},
                 namespace=namespace,
             ),
@@ -345,6 +348,29 @@ def run_on_jobs(
             f"nothing was pushed. Details: {Path(run_dir) / 'verify.json'}, {finish.url}"
         )
     return result
+
+
+def hub_parent_volumes(recipe: Recipe) -> dict[str, Any]:
+    """Each Hub parent's repo as a read-only model volume at its locked revision, by reference.
+
+    Both jobs read the weights there: the build merges them and the finish job checks the merge
+    against the same files, with no download in either (the Hub streams what is read).
+    """
+    from huggingface_hub import Volume
+
+    from publisher.parents import resolve_parents
+
+    hub = [p for p in resolve_parents(recipe) if p.source == "hub" and p.revision]
+    return {
+        parent.ref: Volume(
+            type="model",
+            source=parent.ref.partition("@")[0],
+            revision=parent.revision,
+            mount_path=f"{PARENTS_MOUNT}/{number}",
+            read_only=True,
+        )
+        for number, parent in enumerate(hub)
+    }
 
 
 def _job_options(given: Overrides, bundle: Bundle) -> dict[str, Any]:

@@ -18,8 +18,8 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from publisher.errors import PublisherError
@@ -56,6 +56,7 @@ class RunContext:
     settings: Settings
     manifest: Manifest
     log: Reporter
+    mounted_parents: Mapping[str, Path] = field(default_factory=dict)
     _parents: list[ParentInfo] | None = None
     _parent_dirs: dict[str, Path] | None = None
 
@@ -67,11 +68,14 @@ class RunContext:
 
     @property
     def parent_dirs(self) -> dict[str, Path]:
-        """Local directories of the parents at their pinned revisions (downloaded if needed)."""
+        """Local directories of the parents at their pinned revisions (mounted, or downloaded
+        if needed)."""
         if self._parent_dirs is None:
             from publisher.hub import fetch_parents
 
-            self._parent_dirs = fetch_parents(self.recipe, self.parents, log=self.log)
+            self._parent_dirs = fetch_parents(
+                self.recipe, self.parents, log=self.log, mounted=self.mounted_parents
+            )
         return self._parent_dirs
 
     @property
@@ -429,11 +433,17 @@ STAGE_NEEDS: dict[str, tuple[str, ...]] = {
 
 
 def run_pipeline(
-    recipe: Recipe, run_dir: Path, settings: Settings, log: Log = print
+    recipe: Recipe,
+    run_dir: Path,
+    settings: Settings,
+    log: Log = print,
+    mounted_parents: Mapping[str, Path] | None = None,
 ) -> list[StageResult]:
     """Run the chosen stages in order; raise `StageError` at the first failure.
 
     `log` gets progress lines; a `publisher.report.Reporter` also groups each stage's lines.
+    `mounted_parents` maps Hub parents to their repos mounted at the locked revisions (a
+    Hugging Face Job's volumes): those are read in place, not downloaded.
     """
     report = reporter(log)
     run = RunDir(Path(run_dir)).ensure()
@@ -450,7 +460,14 @@ def run_pipeline(
     )
     manifest.data.pop("options", None)  # what runs before settings were recorded wrote
     manifest.save()
-    ctx = RunContext(recipe=recipe, run=run, settings=settings, manifest=manifest, log=report)
+    ctx = RunContext(
+        recipe=recipe,
+        run=run,
+        settings=settings,
+        manifest=manifest,
+        log=report,
+        mounted_parents=dict(mounted_parents or {}),
+    )
     stages = list(settings.stages)
     results: list[StageResult] = []
     for number, stage in enumerate(stages, start=1):

@@ -533,3 +533,31 @@ def test_a_permanent_upload_failure_sends_each_file_at_most_twice(tiny_run, loca
     assert local_hub.stats.commits == [] or all(
         "publisher:" not in c.message for c in local_hub.stats.commits
     )
+
+
+def test_a_mounted_parent_is_read_in_place_only_at_its_locked_config(write_recipe, tiny_parents):
+    """A Hub parent mounted at its revision (a Job's model volume) is read where it is, with no
+    Hub call; a mount whose config.json is not the locked one is refused."""
+    from publisher.hub import fetch_parents
+    from publisher.parents import ParentInfo
+    from publisher.recipe import load_recipe
+
+    recipe = load_recipe(
+        write_recipe(
+            "models: [{model: {base}}, {model: {other}}]\n"
+            "merge_method: slerp\nbase_model: {base}\nparameters: {t: 0.5}\n"
+        )
+    )
+    mount = tiny_parents[1]
+    config = json.loads((mount / "config.json").read_text())
+    parent = ParentInfo(
+        ref="org/other", source="hub", revision="a" * 40, resolved=True, config=config
+    )
+    lines: list[str] = []
+    assert fetch_parents(recipe, [parent], lines.append, {"org/other": mount}) == {
+        "org/other": mount
+    }
+    assert lines == [f"  org/other@{'a' * 12} mounted at {mount} (no download)"]
+    parent.config = {**config, "hidden_size": 1}
+    with pytest.raises(HubError, match="is not the one locked at a{40}; mount the repo at that"):
+        fetch_parents(recipe, [parent], lines.append, {"org/other": mount})

@@ -92,10 +92,21 @@ def publish_step(name: str) -> str:
 
 
 def test_publish_workflow_on_hf_jobs_pushes_and_brings_the_record_back(
-    hub: LocalHub, recipe: Path, tmp_path: Path
+    hub: LocalHub, recipe: Path, tmp_path: Path, tiny_parents: tuple[Path, Path]
 ) -> None:
     """publish.yml's run step, under a simulated runner with runner=hf-jobs: the build job and
-    the finish job run, the model is pushed, the record comes back to the runner."""
+    the finish job run, the model is pushed, the record comes back to the runner. One parent
+    travels in the bundle, the other is a Hub repo that both jobs mount at its locked revision
+    and neither downloads."""
+    hub_parent = f"{USER}/tiny-other"
+    HfApi().create_repo(hub_parent)
+    HfApi().upload_folder(folder_path=str(tiny_parents[1]), repo_id=hub_parent)
+    local_ref = os.path.relpath(tiny_parents[1], recipe.parent)
+    recipe.write_text(recipe.read_text().replace(local_ref, hub_parent))
+    assert main(["lock", str(recipe)]) == 0
+    lock = json.loads(recipe.with_name("tiny-jobs.lock.json").read_text())
+    revision = lock["parents"][hub_parent]["revision"]
+    hub.stats.reset()
     hub.faults.add("GET", r"/api/jobs/.+/logs$", "cut")  # the build's log stream breaks once
     out = tmp_path / "run"
     github = tmp_path / "github"
@@ -158,6 +169,18 @@ def test_publish_workflow_on_hf_jobs_pushes_and_brings_the_record_back(
     jobs = jobs_of(hub)
     assert "secrets" not in jobs["build"].spec
     assert jobs["finish"].spec["secrets"] == {"HF_TOKEN": TOKEN}
+    # Neither job downloaded the Hub parent: both read it where it is mounted, at its lock.
+    fetched = [r.path for r in hub.stats.requests if hub_parent in r.path and r.status != 206]
+    assert not [path for path in fetched if path.endswith(".safetensors")], fetched
+    mounted = {
+        "type": "model",
+        "source": hub_parent,
+        "revision": revision,
+        "mountPath": "/parents/0",
+        "readOnly": True,
+    }
+    assert all(mounted in job.spec["volumes"] for job in jobs.values())
+    assert done.stdout.count(f"{hub_parent}@{revision[:12]} mounted at") == 2
     for job in jobs.values():
         assert TOKEN not in json.dumps(job.spec["command"]) + json.dumps(job.spec["environment"])
         assert not any(TOKEN in line for _, line in job.lines)
