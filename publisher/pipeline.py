@@ -29,7 +29,7 @@ from publisher.recipe import Recipe
 from publisher.recipe_paths import chat_template_text
 from publisher.report import Log, Reporter, reporter
 from publisher.rundir import RunDir
-from publisher.settings import DEFAULT_STAGES, STAGES, Settings, parse_stages
+from publisher.settings import DEFAULT_STAGES, Settings
 
 
 class StageError(PublisherError):
@@ -550,4 +550,4 @@ def _path_or_none(path: str | None) -> Path | None:
     return Path(path) if path else None
 
 
-__all__ = ["STAGES", "StageError", "parse_stages", "run_pipeline"]
+__all__ = ["StageError", "default_run_dir", "run_pipeline"]

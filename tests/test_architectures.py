@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from publisher.cli import main
-from publisher.pipeline import DEFAULT_STAGES
 from publisher.schedule import Plan
+from publisher.settings import DEFAULT_STAGES
 from publisher.tiny_archs import ARCHITECTURES
 from publisher.weights import SafetensorsDir, recover_t
 

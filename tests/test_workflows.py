@@ -281,7 +281,7 @@ def _publisher_commands(script: str) -> list[list[str]]:
 
 def test_publisher_commands_in_workflows_parse() -> None:
     """Every `publisher` command line the workflows run is one the CLI accepts."""
-    from publisher.pipeline import parse_stages
+    from publisher.settings import parse_stages
 
     parser = build_parser()
     seen = set()
