@@ -156,7 +156,12 @@ parameters:
         5,
         "merge it into its model first",
     ),
-    ("model-plus-lora", VALID.replace("- model: {other}", "- model: {other}+me/adapter"), 5, "LoRA"),
+    (
+        "model-plus-lora",
+        VALID.replace("- model: {other}", "- model: {other}+me/adapter"),
+        5,
+        "LoRA",
+    ),
     (
         "model-path-without-model",  # mergekit's ModelPath where a ModelReference belongs
         VALID.replace("- model: {other}", "- model: {path: {other}}"),
