@@ -20,8 +20,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# pytest-xdist: one worker per CPU (at most 4; each imports torch and builds its own session
+# fixtures), about half the wall time on 2 cores. `pytest tests/x.py` alone stays serial.
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --maxprocesses=4
 
 # The push job's hash-pinned dependencies (publish.yml installs them with --require-hashes):
 # resolved from PyPI alone (no local wheel directories or constraints), with every file's hash.
