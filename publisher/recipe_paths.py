@@ -146,7 +146,8 @@ def task_code(path: Path, root: Path | None = None, seen: set[Path] | None = Non
             return [f"{path}: longer than {MAX_TASK_CHARS} characters, too long to check"]
         scanner = _TaskScanner(text)
         try:
-            data = scanner.get_single_data()
+            node = scanner.get_single_node()
+            data = scanner.construct_document(node) if node is not None else None
         finally:
             scanner.dispose()
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
@@ -154,6 +155,8 @@ def task_code(path: Path, root: Path | None = None, seen: set[Path] | None = Non
     found = [f"{path}:{line}: {tag}" for line, tag in scanner.tags]
     if not isinstance(data, dict):
         return found
+    if root is not None:
+        check_task_data(path, node, root)
     found += [f"{path}: '{key}'" for key in CODE_KEYS if data.get(key) not in (None, "")]
     kwargs = data.get("dataset_kwargs")
     if isinstance(kwargs, dict) and kwargs.get("trust_remote_code"):
@@ -165,6 +168,59 @@ def task_code(path: Path, root: Path | None = None, seen: set[Path] | None = Non
             seen.add(target.resolve())
             found += task_code(target, root, seen)
     return found
+
+
+def _mapping_value(node: yaml.Node | None, key: str) -> yaml.Node | None:
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            if isinstance(k, yaml.ScalarNode) and k.value == key:
+                return v
+    return None
+
+
+def _scalars(node: yaml.Node | None) -> Iterator[yaml.ScalarNode]:
+    """The strings of a value that may be one, a list, or a mapping of split -> one or a list."""
+    if isinstance(node, yaml.ScalarNode):
+        yield node
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            yield from _scalars(item)
+    elif isinstance(node, yaml.MappingNode):
+        for _, item in node.value:
+            yield from _scalars(item)
+
+
+def check_task_data(path: Path, node: yaml.Node, root: Path) -> None:
+    """A task's local data (`dataset_kwargs.data_files`, `.data_dir`, a `dataset_path` that is a
+    path) stays inside `root`: a task reading `/etc/passwd` or `~/.cache/huggingface/token`
+    would put it in the eval's prompts, samples and logs. Remote files (`hf://`, `https://`)
+    are not paths. Relative entries are taken from the task file's directory and may not climb
+    out with `..` (datasets resolves them against the working directory)."""
+    kwargs = _mapping_value(node, "dataset_kwargs")
+    entries = [
+        (f"dataset_kwargs.{key}", scalar)
+        for key in ("data_files", "data_dir")
+        for scalar in _scalars(_mapping_value(kwargs, key))
+    ]
+    dataset = _mapping_value(node, "dataset_path")
+    if isinstance(dataset, yaml.ScalarNode) and dataset.value.startswith(("/", ".", "~")):
+        entries.append(("dataset_path", dataset))
+    for field, scalar in entries:
+        given = str(scalar.value)
+        if "://" in given:
+            continue
+        reason = None
+        if "\x00" in given:
+            reason = "it holds a NUL character"
+        elif not Path(given).expanduser().is_absolute() and ".." in Path(given).parts:
+            reason = "a relative path may not climb out with '..'"
+        else:
+            reason = outside(path.parent / Path(given).expanduser(), root)
+        if reason:
+            raise PathError(
+                f"{path}:{scalar.start_mark.line + 1}: {field} '{given}' is refused: {reason}; "
+                "keep task data inside the repository, or give an hf:// or https:// URL"
+            )
 
 
 def _includes(path: Path, include: Any) -> list[Path]:

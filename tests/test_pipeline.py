@@ -274,6 +274,8 @@ def test_eval_dtype_and_task_directories_come_from_the_recipe(finished_run, copy
     shutil.copytree(original / "eval" / "tasks", tasks)
     for yaml_file in tasks.glob("*.yaml"):
         text = yaml_file.read_text().replace("publisher_tiny_qa", "my_tiny_qa")
+        # its data beside it: task data must stay inside the recipe's repository
+        text = text.replace(str(original / "eval" / "tasks"), str(tasks))
         yaml_file.write_text(text)
     custom = recipe_dir / "custom.yaml"
     custom.write_text(

@@ -304,6 +304,51 @@ def test_task_include_leaving_the_repository_is_refused(repo, tiny_parents, caps
     assert "include" in problem["msg"] and "outside the repository" in problem["msg"]
 
 
+@pytest.mark.parametrize(
+    ("task", "line", "fragment"),
+    [
+        ("dataset_kwargs:\n  data_files: /etc/passwd\n", 4, "data_files '/etc/passwd'"),
+        (
+            "dataset_kwargs:\n  data_files:\n    test: [ok.jsonl, ../../outside/secret.txt]\n",
+            5,
+            "'..'",
+        ),
+        ("dataset_kwargs:\n  data_files: {test: link-out/secret.txt}\n", 4, "outside the"),
+        ("dataset_kwargs:\n  data_dir: ~/.cache/huggingface\n", 4, "data_dir"),
+    ],
+    ids=["absolute", "climbs-out", "link-out", "data-dir-home"],
+)
+def test_task_data_files_leaving_the_repository_are_refused(
+    repo, tiny_parents, capsys, task, line, fragment
+):
+    (repo / "tasks" / "link-out").symlink_to(repo.parent / "outside")
+    (repo / "tasks" / "data.yaml").write_text("task: d\ndataset_path: json\n" + task)
+    # a task file, not a directory: the directory's own link check does not run first
+    problem = only_problem(
+        write_in(repo, "  eval:\n    tasks: [../tasks/data.yaml]\n", tiny_parents), capsys
+    )
+    assert problem["line"] == "17", problem  # the recipe's tasks entry
+    assert f"data.yaml:{line}:" in problem["msg"] and fragment in problem["msg"], problem
+    assert "keep task data inside the repository" in problem["msg"]
+    # and again where the eval reads the tasks, with or without allow_code
+    from publisher.evaluate import EvalError, _include_paths
+    from publisher.recipe import EvalSettings
+
+    settings = EvalSettings(tasks=[str(repo / "tasks" / "data.yaml")], allow_code=True)
+    with pytest.raises(EvalError, match="data.yaml"):
+        _include_paths(settings)
+
+
+def test_task_data_inside_the_repository_or_remote_passes(repo, tiny_parents, capsys):
+    (repo / "tasks" / "data").mkdir()
+    (repo / "tasks" / "data.yaml").write_text(
+        "task: d\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        "    test: data/test.jsonl\n    train: hf://datasets/me/d/train.jsonl\n"
+    )
+    path = write_in(repo, "  eval:\n    include_paths: [../tasks]\n", tiny_parents)
+    assert run_validate(path, capsys)[0] == 0
+
+
 def test_eval_stage_checks_task_code_again(repo):
     from publisher.evaluate import EvalError, _include_paths
     from publisher.recipe import EvalSettings
