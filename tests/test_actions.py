@@ -723,3 +723,54 @@ def test_comment_ignores_a_persons_comment_that_quotes_the_marker(
     assert stub.writes() == [("POST", f"/repos/{OWNER_REPO}/issues/{PR_NUMBER}/comments")]
     assert stub.comments[0]["body"] == quoted  # the person's comment is untouched
     assert stub.comments[1]["body"] == f"{actions.PREVIEW_MARKER}\npreview\n"
+
+
+def _workflow_step(workflow: str, job: str, name: str) -> str:
+    import yaml
+
+    data = yaml.safe_load((REPO_ROOT / ".github" / "workflows" / workflow).read_text())
+    return next(s["run"] for s in data["jobs"][job]["steps"] if s.get("name") == name)
+
+
+def test_comment_job_posts_the_previews_as_data_with_only_the_lock(
+    runner: Runner, stub: GitHubStub, tmp_path: Path
+) -> None:
+    """recipe-pr.yml's comment step, as the runner runs it: the base commit's script and
+    publisher, only the hash-pinned lock installed, and previews whose text tries to run
+    commands, which end up in the comment as text."""
+    from tests.lock_only import lock_only_env
+
+    hostile = "$(touch PWNED) `touch PWNED` ${GITHUB_TOKEN} ::add-mask::x"
+    previews = tmp_path / "previews"
+    (previews / "preview-good").mkdir(parents=True)
+    (previews / "preview-good" / "plan.md").write_text(f"| layer | t |\n{hostile}\n")
+    (previews / "preview-broken").mkdir()
+    (previews / "preview-broken" / "failed.md").write_text("### ❌ `recipes/broken.yaml`\n")
+    temp = tmp_path / "runner-temp"
+    temp.mkdir()
+    base = {k: v for k, v in os.environ.items() if k not in actions.SECRET_ENV_VARS}
+    env = lock_only_env(
+        {**base, **runner.env},
+        GITHUB_TOKEN=GH_SENTINEL,
+        GITHUB_API_URL=stub.url,
+        HEAD_SHA="b" * 40,
+        RUN_URL="https://github.invalid/run/1",
+        PREVIEWS=str(previews),
+        RUNNER_TEMP=str(temp),
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    )
+    script = _workflow_step("recipe-pr.yml", "comment", "Create or update the preview comment")
+    done = subprocess.run(
+        ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    (posted,) = stub.comments
+    assert hostile in posted["body"] and "### ❌ `recipes/broken.yaml`" in posted["body"]
+    assert not (REPO_ROOT / "PWNED").exists() and not (tmp_path / "PWNED").exists()
+    assert GH_SENTINEL not in posted["body"]
+    assert hostile in runner.summary.read_text()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -13,6 +12,8 @@ from conftest import LOCAL_HUB_TOKEN
 from huggingface_hub import HfApi
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+
+from tests.lock_only import lock_only_env
 
 # tomllib is Python 3.11+; the project supports 3.10, where this module is skipped.
 tomllib = pytest.importorskip("tomllib")
@@ -69,45 +70,37 @@ def test_every_pin_has_hashes_and_agrees_with_pyproject():
     assert not {"torch", "mergekit", "transformers", "lm-eval"} & set(pins)
 
 
-# Run in the subprocess: imports of installed packages the lock does not pin fail, as they would
-# in the push job's environment (optional imports then take their fallback, as they would there).
-BLOCKER = """
-import re, sys
-from importlib import metadata
-
-allowed = set(sys.argv.pop(1).split(","))
-owners = metadata.packages_distributions()
-
-
-class OnlyLocked:
-    def find_spec(self, name, path=None, target=None):
-        top = name.partition(".")[0]
-        dists = owners.get(top)
-        if top == "publisher" or top in sys.stdlib_module_names or not dists:
-            return None
-        if any(re.sub(r"[-_.]+", "-", d).lower() in allowed for d in dists):
-            return None
-        raise ModuleNotFoundError(f"{name} is not in requirements/publish.lock", name=name)
-
-
-sys.meta_path.insert(0, OnlyLocked())
-import runpy
-sys.argv[0] = "publisher"
-runpy.run_module("publisher", run_name="__main__")
-"""
-
-
-def test_a_push_needs_only_the_locked_packages(tiny_run, local_hub):
-    """`python -m publisher push` (what the push job runs) works with only the lock installed."""
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_TOKEN": LOCAL_HUB_TOKEN}
+def test_a_push_needs_only_the_locked_packages(tiny_run, local_hub, tmp_path):
+    """`python -m publisher push` (what the push job runs) works with only the lock installed,
+    in GitHub Actions: the masks, outputs and summary too."""
+    outputs = tmp_path / "outputs"
+    env = lock_only_env(
+        HF_TOKEN=LOCAL_HUB_TOKEN,
+        GITHUB_ACTIONS="true",
+        GITHUB_OUTPUT=str(outputs),
+        GITHUB_STEP_SUMMARY=str(tmp_path / "summary.md"),
+    )
     argv = ["push", str(tiny_run[1]), "--repo-id", "tester/lock"]
     done = subprocess.run(
-        [sys.executable, "-c", BLOCKER, ",".join(_lock()), *argv],
+        [sys.executable, "-m", "publisher", *argv],
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "published:" in done.stdout
+    assert "published:" in done.stdout and "::add-mask" in done.stdout
+    assert "repo_url" in outputs.read_text()
     assert HfApi().file_exists("tester/lock", "model.safetensors")
+
+
+def test_the_lock_only_python_refuses_other_packages():
+    """The stand-in for the push job's environment does refuse what the lock lacks."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import mergekit"],
+        env=lock_only_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0 and "not in requirements/publish.lock" in done.stderr

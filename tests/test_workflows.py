@@ -267,6 +267,75 @@ def test_the_push_jobs_hold_the_credential_and_run_no_recipe_code() -> None:
     assert "-e ." not in install["run"]
 
 
+def _installs(job: dict[str, Any]) -> list[str]:
+    """What a job's steps install: `pip install` lines, and this repository's own actions
+    (setup-publisher installs the checkout, unpinned)."""
+    found = []
+    for step in job.get("steps", []):
+        uses = str(step.get("uses", ""))
+        if uses.startswith(("$/", "./")):
+            action = load(REPO_ROOT / uses[2:] / "action.yml")
+            found += [f"{uses}: {line}" for line in _installs(action["runs"])]
+        found += [
+            line.strip() for line in str(step.get("run", "")).splitlines() if "pip install" in line
+        ]
+    return found
+
+
+def _privileged_jobs() -> dict[str, dict[str, Any]]:
+    """Jobs that can write somewhere: a write scope, the publish environment, or a write token."""
+    jobs = {}
+    for path in WORKFLOW_FILES:
+        for job_id, job in load(path)["jobs"].items():
+            dumped = yaml.safe_dump(job)
+            writes = "write" in (job.get("permissions") or {}).values()
+            if writes or "hub-publish" in dumped or "secrets.HF_TOKEN" in dumped:
+                jobs[f"{path.name}/{job_id}"] = job
+    return jobs
+
+
+def test_jobs_that_can_write_install_only_hash_pinned_packages() -> None:
+    """Every job holding a write scope or credential installs from the hash-pinned lock only:
+    no `pip install -e .`, no setup-publisher, nothing without --require-hashes."""
+    jobs = _privileged_jobs()
+    assert {"recipe-pr.yml/comment", "publish.yml/push", "publish.yml/push-oidc"} <= set(jobs)
+    for name, job in jobs.items():
+        if name == "publish.yml/hf-jobs":
+            continue  # the launcher is split in a later change
+        installs = _installs(job)
+        assert installs, name
+        for line in installs:
+            assert "setup-publisher" not in line, f"{name}: {line}"
+            assert "--require-hashes" in line and "requirements/publish.lock" in line, name
+            assert "--no-deps" in line and "--only-binary" in line, name
+
+
+def test_the_comment_job_runs_no_pull_request_code() -> None:
+    """The job with `pull-requests: write` runs the base commit's publisher and script; the
+    pull request's previews are downloaded outside the checkout and only read."""
+    job = load(WORKFLOWS / "recipe-pr.yml")["jobs"]["comment"]
+    checkout = next(
+        s for s in job["steps"] if str(s.get("uses", "")).startswith("actions/checkout")
+    )
+    assert checkout["with"]["ref"] == "${{ github.event.pull_request.base.sha }}"
+    download = next(s for s in job["steps"] if "download-artifact" in str(s.get("uses", "")))
+    assert download["with"]["path"].startswith("${{ runner.temp }}/")
+    step = next(s for s in job["steps"] if "publisher comment" in s.get("run", ""))
+    assert step["env"]["PYTHONPATH"] == "${{ github.workspace }}"
+    assert step["env"]["PREVIEWS"] == download["with"]["path"]
+    commands = [
+        line.strip()
+        for s in job["steps"]
+        for line in str(s.get("run", "")).splitlines()
+        if line.strip().startswith(("python", "bash", "publisher"))
+    ]
+    assert [c.split()[:3] for c in commands] == [
+        ["python", "-m", "pip"],
+        ["bash", ".github/scripts/preview-comment.sh", '"$by_name"'],
+        ["python", "-m", "publisher"],
+    ]
+
+
 def _publisher_commands(script: str) -> list[list[str]]:
     """The `publisher ...` command lines of a script, with shell variables filled in."""
     commands = []
