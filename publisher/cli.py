@@ -168,6 +168,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.on == "hf-jobs":
         return _run_on_jobs(args, recipe, run_dir, given)
     try:
+        if "push" in settings.stages and set(settings.stages) != {"push"}:
+            settings = _build_apart(recipe, run_dir, settings)
         run_pipeline(recipe, run_dir, settings, log=actions.ActionsReporter(_out))
     finally:
         manifest = run_dir / "manifest.json"
@@ -175,6 +177,22 @@ def cmd_run(args: argparse.Namespace) -> int:
             actions.write_summary(stage_table(manifest))
     _report_run(run_dir)
     return EXIT_OK
+
+
+def _build_apart(recipe, run_dir: Path, settings):
+    """A run that pushes, of a recipe that controls code: build in a child process without the
+    Hub token (`publisher.isolation`); what is left for this process is the push."""
+    from publisher.isolation import build_in_child, recipe_code
+
+    code = recipe_code(recipe, settings)
+    if not code:
+        return settings
+    _out(
+        f"the recipe controls code ({'; '.join(code)}): building in a process without the Hub "
+        "token, then pushing from this one"
+    )
+    build_in_child(recipe.path, run_dir, settings)
+    return settings.model_copy(update={"stages": ("push",)})
 
 
 def _run_on_jobs(args: argparse.Namespace, recipe, run_dir: Path, given) -> int:
