@@ -183,6 +183,28 @@ class EvalError(PublisherError):
 # Running
 
 
+def sandbox_prompt_templates() -> None:
+    """Render lm-eval's prompt templates (a task's `doc_to_text`, `doc_to_choice`, ...) in
+    Jinja's sandbox.
+
+    lm-eval renders them with a plain `jinja2.Environment` (`lm_eval.utils.env`), where a
+    template reaches Python: `{{ cycler.__init__.__globals__.os.environ }}` in a custom task's
+    YAML would run with `allow_code` off and validate passing. The sandbox refuses such access
+    (`SecurityError`) and keeps lm-eval's settings and its `regex_replace` filter; it is not
+    immutable, so lm-eval's own templates render as before."""
+    from jinja2 import BaseLoader, StrictUndefined
+    from jinja2.sandbox import SandboxedEnvironment
+    from lm_eval import utils
+
+    if isinstance(utils.env, SandboxedEnvironment):
+        return
+    env = SandboxedEnvironment(
+        loader=BaseLoader, undefined=StrictUndefined, keep_trailing_newline=True
+    )
+    env.filters["regex_replace"] = utils.regex_replace
+    utils.env = env
+
+
 def run_eval(
     model_dir: Path,
     settings: EvalSettings,
@@ -222,6 +244,7 @@ def run_eval(
     import lm_eval
     from lm_eval.utils import handle_non_serializable
 
+    sandbox_prompt_templates()
     if backend not in BACKENDS:
         raise EvalError(f"unknown eval backend '{backend}'; use one of: {', '.join(BACKENDS)}")
     names, shots = _requested(settings)

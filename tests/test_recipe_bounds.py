@@ -349,6 +349,29 @@ def test_task_data_inside_the_repository_or_remote_passes(repo, tiny_parents, ca
     assert run_validate(path, capsys)[0] == 0
 
 
+def test_lm_eval_prompt_templates_cannot_reach_python(tmp_path, monkeypatch):
+    """A custom task's prompt template is code too: lm-eval renders it with a plain Jinja
+    environment, so `doc_to_text` could read the environment with allow_code off. The eval
+    stage renders prompts in Jinja's sandbox instead."""
+    from jinja2 import BaseLoader, Environment, StrictUndefined
+    from jinja2.exceptions import SecurityError
+    from lm_eval import utils
+
+    from publisher.evaluate import EvalError, run_eval
+    from publisher.recipe import EvalSettings
+
+    hostile = "{{ cycler.__init__.__globals__.os.environ }}"
+    monkeypatch.setattr(utils, "env", Environment(loader=BaseLoader, undefined=StrictUndefined))
+    assert "PATH" in utils.apply_template(hostile, {})  # lm-eval's own environment: Python
+    with pytest.raises(EvalError, match="unknown eval backend"):
+        run_eval(tmp_path, EvalSettings(tasks=["x"]), tmp_path / "out", backend="none")
+    with pytest.raises(SecurityError):
+        utils.apply_template(hostile, {})
+    # lm-eval's own kind of template still renders, its regex_replace filter included
+    template = "Q: {{question}}{{ ' A-B' | regex_replace('-', '+') }}\n"
+    assert utils.apply_template(template, {"question": "x"}) == "Q: x A+B\n"
+
+
 def test_eval_stage_checks_task_code_again(repo):
     from publisher.evaluate import EvalError, _include_paths
     from publisher.recipe import EvalSettings
