@@ -157,6 +157,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from publisher.recipe import load_recipe
     from publisher.settings import MERGE_FLAGS, resolve_settings
 
+    if args.launch is not None:
+        return _launch_on_jobs(args)
     recipe = load_recipe(args.recipe)
     run_dir = Path(args.out) if args.out else default_run_dir(recipe)
     if run_dir.exists() and not run_dir.is_dir():
@@ -195,24 +197,63 @@ def _build_apart(recipe, run_dir: Path, settings):
     return settings.model_copy(update={"stages": ("push",)})
 
 
-def _run_on_jobs(args: argparse.Namespace, recipe, run_dir: Path, given) -> int:
-    from publisher.jobs import JobOptions, JobsError, run_on_jobs
-    from publisher.manifest import stage_table
+def _job_options(args: argparse.Namespace):
+    from publisher.jobs import JobOptions, JobsError
 
     if args.stages is not None or args.force:
         raise JobsError("--on hf-jobs runs every stage in a fresh job: drop --stages and --force")
-    job = JobOptions(
+    return JobOptions(
         flavor=args.flavor,
         timeout=args.timeout,
         push_flavor=args.push_flavor,
         image=args.image,
     )
+
+
+def _run_on_jobs(args: argparse.Namespace, recipe, run_dir: Path, given) -> int:
+    from publisher.jobs import prepare_launch, run_on_jobs
+    from publisher.manifest import stage_table
+
+    job = _job_options(args)
+    if args.prepare is not None:
+        # The build side of a workflow: plan here, list what the jobs need; no token needed.
+        launch, _ = prepare_launch(
+            recipe, run_dir, replace(given, stages=None), log=actions.ActionsReporter(_out)
+        )
+        _out(f"launch file: {launch.write(Path(args.prepare))}")
+        return EXIT_OK
     try:
         run_on_jobs(
             recipe,
             run_dir,
             replace(given, stages=None),
             job,
+            log=actions.ActionsReporter(_out),
+        )
+    finally:
+        manifest = run_dir / "manifest.json"
+        if manifest.exists():
+            actions.write_summary(stage_table(manifest))
+    _report_run(run_dir)
+    return EXIT_OK
+
+
+def _launch_on_jobs(args: argparse.Namespace) -> int:
+    """`--on hf-jobs --launch FILE`: start the jobs a `--prepare` run listed. What the job that
+    holds the token runs: it neither loads the recipe nor plans (see `publisher.jobs.Launch`)."""
+    from publisher.jobs import launch_jobs
+    from publisher.manifest import stage_table
+
+    if args.on != "hf-jobs" or args.out is None:
+        raise CommandError("--launch needs --on hf-jobs and --out RUN_DIR")
+    run_dir = Path(args.out)
+    try:
+        launch_jobs(
+            Path(args.launch),
+            args.recipe,
+            run_dir,
+            _overrides(args, merge={}),
+            _job_options(args),
             log=actions.ActionsReporter(_out),
         )
     finally:
@@ -451,6 +492,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--templates", help="card templates directory")
     _add_jobs_flags(p)
+    hand_off = p.add_mutually_exclusive_group()
+    hand_off.add_argument(
+        "--prepare",
+        metavar="DIR",
+        help="hf-jobs, in two steps: validate, plan and write DIR/launch.json (no token needed)",
+    )
+    hand_off.add_argument(
+        "--launch",
+        metavar="FILE",
+        help="hf-jobs, in two steps: start the jobs a --prepare run listed in FILE, from this "
+        "checkout, without loading the recipe (needs only requirements/publish.lock)",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("push", help="publish a verified run directory in one commit")

@@ -31,7 +31,7 @@ import signal
 import tempfile
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,7 @@ from publisher.manifest import hash_inputs
 from publisher.pipeline import run_pipeline
 from publisher.recipe import Recipe
 from publisher.report import Log, reporter
-from publisher.settings import Overrides, choose_templates_dir, resolve_settings
+from publisher.settings import Overrides, resolve_settings
 
 # A Python image with uv; the job installs the project's pinned dependencies into it (PyPI's
 # Linux torch wheels are CUDA builds). Pass --image for one that already has them.
@@ -193,18 +193,86 @@ class Bundle:
     digest: str
 
 
-def make_bundle(recipe: Recipe, given: Overrides, dest: Path) -> Bundle:
-    """Copy what the job needs into `dest`, keeping the paths' relative layout."""
+LAUNCH_FILE = "launch.json"
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What travels from the build side to the launcher: which files of the checkout the jobs
+    need and two facts about the recipe (POSIX paths relative to `root`, the common directory
+    of those files, which is the checkout in a workflow).
+
+    It is data. The launcher (`publisher run --on hf-jobs --launch FILE`, in the workflow job
+    that holds the token and has only the hash-pinned lock installed) neither loads the recipe
+    nor plans: it copies these files from its own checkout, refusing any that leaves it, and its
+    own flags decide where and whether to push.
+
+    Attributes:
+        recipe: the recipe, e.g. `"recipes/tiny.yaml"`.
+        paths: every file and directory to bundle (the package, the templates, the recipe, its
+            lock, its templates, tasks and chat template, local parents).
+        src: the directory holding the `publisher` package, `"."` when `root` is the checkout.
+        templates: the card templates directory the build used, or None for the defaults.
+        push: the recipe's `publish.push` with the flags applied.
+        extra: an extra for the jobs to install (`"vllm"` for that eval backend), or None.
+        hub_parents: the Hub parents the lock pins, `{ref: revision}`: mounted into both jobs
+            (the launcher checks them against the lock file in its checkout).
+    """
+
+    recipe: str
+    paths: list[str]
+    src: str
+    templates: str | None = None
+    push: bool = False
+    extra: str | None = None
+    hub_parents: dict[str, str] = field(default_factory=dict)
+
+    def write(self, folder: Path) -> Path:
+        import json
+
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / LAUNCH_FILE
+        path.write_text(json.dumps(asdict(self), indent=1, sort_keys=True), encoding="utf-8")
+        return path
+
+    @classmethod
+    def read(cls, path: Path) -> Launch:
+        import json
+
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            launch = cls(**data)
+        except (OSError, ValueError, TypeError) as exc:
+            raise JobsError(f"cannot read the launch file {path}: {exc}") from None
+        if launch.extra not in (None, "vllm"):
+            raise JobsError(f"{path}: unknown extra {launch.extra!r}")
+        return launch
+
+
+def prepare_launch(
+    recipe: Recipe, run_dir: Path, given: Overrides, log: Log = print
+) -> tuple[Launch, Path]:
+    """Validate the settings, plan locally (the record starts in `run_dir`) and list what the
+    jobs need: the `Launch` and the directory its paths are relative to."""
     from publisher.card import DEFAULT_TEMPLATES_DIR
     from publisher.parents import resolve_parents
+    from publisher.recipe_paths import TASK_SUFFIXES, is_chat_template_path
 
+    settings = resolve_settings(recipe, given)  # a bad flag fails here, before any job
+    plan_only = resolve_settings(recipe, replace(given, stages="plan", push=False))
+    run_pipeline(recipe, run_dir, plan_only, log=log)
     package = Path(publisher.__file__).resolve().parent
     checkout = package.parent
-    templates = choose_templates_dir(recipe, given.templates_dir)
+    templates = settings.templates_dir
+    here = recipe.path.parent
     paths = [package, DEFAULT_TEMPLATES_DIR, recipe.path]
     paths += [p for p in (checkout / "pyproject.toml", recipe.lock_path) if p.exists()]
     paths += [Path(templates)] if templates else []
-    paths += [recipe.path.parent / p for p in recipe.publish.eval.include_paths]
+    paths += [Path(p) for p in settings.eval.include_paths]
+    paths += [Path(t) for t in settings.eval.tasks if t.endswith(TASK_SUFFIXES)]
+    chat = recipe.publish.chat_template
+    if chat is not None and is_chat_template_path(chat):
+        paths.append(here / chat)
     for parent in resolve_parents(recipe):
         if parent.source == "local":
             if Path(parent.ref).expanduser().is_absolute():
@@ -216,24 +284,47 @@ def make_bundle(recipe: Recipe, given: Overrides, dest: Path) -> Bundle:
     paths = [p.resolve() for p in paths]
     root = Path(os.path.commonpath([str(p) for p in paths]))
     root = root if root.is_dir() else root.parent
-    for path in paths:
-        target = dest / path.relative_to(root)
+
+    def rel(path: Path) -> str:
+        return path.resolve().relative_to(root).as_posix() or "."
+
+    launch = Launch(
+        recipe=rel(recipe.path),
+        paths=sorted({rel(p) for p in paths}),
+        src=rel(checkout),
+        templates=rel(Path(templates)) if given.templates_dir else None,
+        push=settings.push,
+        extra="vllm" if settings.eval.backend == "vllm" else None,
+        hub_parents=locked_hub_parents(recipe),
+    )
+    return launch, root
+
+
+def make_bundle(launch: Launch, root: Path, dest: Path) -> Bundle:
+    """Copy `launch.paths` from `root` into `dest`, keeping their layout. A path that leaves
+    `root` (absolute, `..`, a link out) is refused: the launch file is data."""
+    from publisher.recipe_paths import check_tree, outside
+
+    for given in launch.paths:
+        path = root / given
+        if Path(given).is_absolute() or outside(path, root):
+            raise JobsError(f"launch file: {given!r} is refused: it leaves {root}")
+        if not path.exists():
+            raise JobsError(f"launch file: {given!r} is not in {root}")
+        target = dest / given
         if path.is_dir():
+            check_tree(path, root)
             shutil.copytree(
                 path, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__")
             )
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, target)
-
-    def rel(path: Path) -> str:
-        return path.resolve().relative_to(root).as_posix() or "."
-
     return Bundle(
         root=dest,
-        recipe=rel(recipe.path),
-        src=rel(checkout),
-        templates=rel(Path(templates)) if templates else None,
+        recipe=launch.recipe,
+        src=launch.src,
+        templates=launch.templates,
         digest=hash_inputs(dest)[:16],
     )
 
@@ -245,24 +336,78 @@ def run_on_jobs(
     recipe: Recipe, run_dir: Path, given: Overrides, job: JobOptions, log: Log = print
 ) -> JobsRun:
     """`publisher run RECIPE --on hf-jobs`; raises a `JobsError` for each way it can fail."""
-    from huggingface_hub import HfApi, Volume
-
     report = reporter(log)
-    settings = resolve_settings(recipe, given)  # a bad flag fails here, before any job
+    resolve_settings(recipe, given)  # a bad flag fails here, before any job
+    hub = _connect(job, report)
+    launch, root = prepare_launch(recipe, run_dir, given, report)
+    return _start(launch, root, run_dir, given, job, hub, report)
+
+
+def launch_jobs(
+    launch_file: Path,
+    recipe: str,
+    run_dir: Path,
+    given: Overrides,
+    job: JobOptions,
+    log: Log = print,
+) -> JobsRun:
+    """`publisher run RECIPE --on hf-jobs --launch FILE`: start the jobs that a
+    `--prepare` run listed, from this checkout, without loading the recipe (see `Launch`)."""
+    report = reporter(log)
+    launch = Launch.read(launch_file)
+    root = Path(publisher.__file__).resolve().parent.parent
+    if launch.src != ".":
+        raise JobsError(
+            f"{launch_file}: prepared outside a checkout ({launch.src!r}); prepare it in this one"
+        )
+    if (root / launch.recipe).resolve() != Path(recipe).resolve():
+        raise JobsError(f"{launch_file} was prepared for {launch.recipe}, not {recipe}")
+    check_hub_parents(launch, root)
+    hub = _connect(job, report)
+    return _start(launch, root, run_dir, given, job, hub, report)
+
+
+@dataclass(frozen=True)
+class _Hub:
+    api: Any
+    token: str
+    namespace: str
+    timeout: int
+
+
+def _connect(job: JobOptions, report: Any) -> _Hub:
+    """The token, the flavors and the namespace: checked before anything is started."""
+    from huggingface_hub import HfApi
+
     token = require_token()
     report.mask(token)
     api = HfApi(token=token)
     timeout = parse_timeout(job.timeout)
     check_flavors(api, job.flavor, job.push_flavor)
     namespace = job.namespace or _call(api.whoami)["name"]
+    return _Hub(api=api, token=token, namespace=namespace, timeout=timeout)
+
+
+def _start(
+    launch: Launch,
+    root: Path,
+    run_dir: Path,
+    given: Overrides,
+    job: JobOptions,
+    hub: _Hub,
+    report: Any,
+) -> JobsRun:
+    """Bundle, upload, run the build and finish jobs, bring the record back."""
+    from huggingface_hub import Volume
+
+    api, token, namespace, timeout = hub.api, hub.token, hub.namespace, hub.timeout
     staging = f"{namespace}/{STAGING_NAME}"
-    plan_only = resolve_settings(recipe, replace(given, stages="plan", push=False))
-    run_pipeline(recipe, run_dir, plan_only, log=report)
     run_id = (
-        f"{recipe.path.stem[:40]}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
+        f"{Path(launch.recipe).stem[:40]}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-"
+        f"{secrets.token_hex(3)}"
     )
     with tempfile.TemporaryDirectory(prefix="publisher-bundle-") as tmp:
-        bundle = make_bundle(recipe, given, Path(tmp))
+        bundle = make_bundle(launch, root, Path(tmp))
         _call(api.create_repo, staging, private=True, exist_ok=True)
         commit = _call(
             api.upload_folder,
@@ -273,14 +418,14 @@ def run_on_jobs(
         )
     _call(api.create_bucket, staging, private=True, exist_ok=True)
     report(f"bundle {bundle.digest} at {staging}@{commit.oid[:12]}; run {run_id}")
-    parent_volumes = hub_parent_volumes(recipe)
+    parent_volumes = hub_parent_volumes(launch.hub_parents)
     spec = JobSpec(
         run_id=run_id,
         recipe=bundle.recipe,
         src=bundle.src,
         staging=staging,
         options=_job_options(given, bundle),
-        push=settings.push,
+        push=launch.push if given.push is None else given.push,
         parent_mounts={ref: volume.mount_path for ref, volume in parent_volumes.items()},
     )
     bundle_volume = Volume(
@@ -302,8 +447,8 @@ def run_on_jobs(
 
     result = JobsRun(run_id=run_id, run_dir=Path(run_dir))
     env = {"PUBLISHER_JOB_SRC": bundle.src}
-    if settings.eval.backend == "vllm":
-        env["PUBLISHER_JOB_EXTRA"] = "vllm"
+    if launch.extra:
+        env["PUBLISHER_JOB_EXTRA"] = launch.extra
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     with _cancel_on_signal(api, namespace, result) as running:
         build = running(
@@ -350,27 +495,51 @@ def run_on_jobs(
     return result
 
 
-def hub_parent_volumes(recipe: Recipe) -> dict[str, Any]:
-    """Each Hub parent's repo as a read-only model volume at its locked revision, by reference.
+def hub_parent_volumes(hub_parents: dict[str, str]) -> dict[str, Any]:
+    """Each Hub parent's repo (`{ref: locked revision}`) as a read-only model volume at that
+    revision, by reference.
 
     Both jobs read the weights there: the build merges them and the finish job checks the merge
     against the same files, with no download in either (the Hub streams what is read).
     """
     from huggingface_hub import Volume
 
-    from publisher.parents import resolve_parents
-
-    hub = [p for p in resolve_parents(recipe) if p.source == "hub" and p.revision]
     return {
-        parent.ref: Volume(
+        ref: Volume(
             type="model",
-            source=parent.ref.partition("@")[0],
-            revision=parent.revision,
+            source=ref.partition("@")[0],
+            revision=revision,
             mount_path=f"{PARENTS_MOUNT}/{number}",
             read_only=True,
         )
-        for number, parent in enumerate(hub)
+        for number, (ref, revision) in enumerate(hub_parents.items())
     }
+
+
+def locked_hub_parents(recipe: Recipe) -> dict[str, str]:
+    """The recipe's Hub parents that the lock pins: `{ref: revision}`."""
+    from publisher.parents import resolve_parents
+
+    return {p.ref: p.revision for p in resolve_parents(recipe) if p.source == "hub" and p.revision}
+
+
+def check_hub_parents(launch: Launch, root: Path) -> None:
+    """The launch file's Hub parents must be what the recipe's lock file in `root` pins: the
+    token mounts them into the build job, so the launch file cannot name other repos."""
+    import json
+
+    recipe = root / launch.recipe
+    lock_path = recipe.with_name(f"{recipe.stem}.lock.json")  # Recipe.lock_path
+    try:
+        locked = json.loads(lock_path.read_text(encoding="utf-8")).get("parents") or {}
+    except (OSError, ValueError):
+        locked = {}
+    for ref, revision in launch.hub_parents.items():
+        entry = locked.get(ref) or {}
+        if entry.get("source") != "hub" or entry.get("revision") != revision:
+            raise JobsError(
+                f"launch file: Hub parent {ref}@{revision} is not what {lock_path.name} pins"
+            )
 
 
 def _job_options(given: Overrides, bundle: Bundle) -> dict[str, Any]:

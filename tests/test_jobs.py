@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -85,54 +86,97 @@ def model_commits(hub: LocalHub) -> list[str]:
     return [c.commit_id for c in hub.stats.commits if c.repo_id == "jobs-tester/tiny-jobs"]
 
 
-def publish_step(name: str) -> str:
-    """The script of a step of publish.yml's publish job."""
+def publish_step(job: str, name: str) -> str:
+    """The script of a step of one of publish.yml's jobs."""
     data = yaml.safe_load((REPO_ROOT / ".github/workflows/publish.yml").read_text())
-    return next(s["run"] for s in data["jobs"]["hf-jobs"]["steps"] if s.get("name") == name)
+    return next(s["run"] for s in data["jobs"][job]["steps"] if s.get("name") == name)
+
+
+def checkout_with(recipe: Path, tiny_parents: tuple[Path, Path], root: Path) -> Path:
+    """A runner's checkout: this repository's package, templates and pyproject.toml, the recipe
+    under recipes/ and its local parents under parents/."""
+    root.mkdir()
+    ignore = shutil.ignore_patterns("__pycache__")
+    for name in ("publisher", "templates"):
+        shutil.copytree(REPO_ROOT / name, root / name, ignore=ignore)
+    shutil.copyfile(REPO_ROOT / "pyproject.toml", root / "pyproject.toml")
+    for parent in tiny_parents:
+        shutil.copytree(parent, root / "parents" / parent.name)
+    (root / "recipes").mkdir()
+    text = RECIPE.replace("{base}", "../parents/tiny-base").replace(
+        "{other}", "../parents/tiny-other"
+    )
+    (root / "recipes" / recipe.name).write_text(text)
+    return root
 
 
 def test_publish_workflow_on_hf_jobs_pushes_and_brings_the_record_back(
     hub: LocalHub, recipe: Path, tmp_path: Path, tiny_parents: tuple[Path, Path]
 ) -> None:
-    """publish.yml's run step, under a simulated runner with runner=hf-jobs: the build job and
-    the finish job run, the model is pushed, the record comes back to the runner. One parent
-    travels in the bundle, the other is a Hub repo that both jobs mount at its locked revision
-    and neither downloads."""
+    """publish.yml's two hf-jobs steps, under a simulated runner with runner=hf-jobs: the
+    prepare step (no token) lists what the Jobs need; the launcher, in a Python that has only
+    requirements/publish.lock (so it cannot load the recipe), starts the build job and the
+    finish job, the model is pushed, the record comes back to the runner. One parent travels
+    in the bundle, the other is a Hub repo that both jobs mount at its locked revision and
+    neither downloads."""
+    from tests.lock_only import lock_only_env
+
+    checkout = checkout_with(recipe, tiny_parents, tmp_path / "checkout")
+    in_checkout = checkout / "recipes" / recipe.name
     hub_parent = f"{USER}/tiny-other"
     HfApi().create_repo(hub_parent)
     HfApi().upload_folder(folder_path=str(tiny_parents[1]), repo_id=hub_parent)
-    local_ref = os.path.relpath(tiny_parents[1], recipe.parent)
-    recipe.write_text(recipe.read_text().replace(local_ref, hub_parent))
-    assert main(["lock", str(recipe)]) == 0
-    lock = json.loads(recipe.with_name("tiny-jobs.lock.json").read_text())
+    in_checkout.write_text(in_checkout.read_text().replace("../parents/tiny-other", hub_parent))
+    assert main(["lock", str(in_checkout)]) == 0
+    lock = json.loads(in_checkout.with_name("tiny-jobs.lock.json").read_text())
     revision = lock["parents"][hub_parent]["revision"]
     hub.stats.reset()
     hub.faults.add("GET", r"/api/jobs/.+/logs$", "cut")  # the build's log stream breaks once
     out = tmp_path / "run"
     github = tmp_path / "github"
     github.mkdir()
-    env = {
-        **os.environ,
+    runner = {
+        **{k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "PYTHONPATH")},
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(checkout),
         "GITHUB_ACTIONS": "true",
         "GITHUB_OUTPUT": str(github / "output"),
         "GITHUB_STEP_SUMMARY": str(github / "summary.md"),
-        "RECIPE": str(recipe),
-        "FLAVOR": "cpu-upgrade",
-        "OUT": str(out),
-        "PUSH": "true",
-        "CREATE_PR": "",
+        "RECIPE": f"recipes/{recipe.name}",
         "EVAL_SUITE": "",
         "EVAL_LIMIT": "",
     }
-    script = publish_step("Run on Hugging Face Jobs")
-    done = subprocess.run(
-        ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+
+    def step(job: str, name: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", publish_step(job, name)],
+            cwd=checkout,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+
+    prepared = step(
+        "hf-jobs-prepare",
+        "Validate, plan and list what the Jobs need (no credential)",
+        {**runner, "OUT": "runs/prepared", "LAUNCH": "launch/tiny-jobs"},
     )
+    assert prepared.returncode == 0, prepared.stdout[-3000:] + prepared.stderr[-3000:]
+    launch_file = tmp_path / "runner-temp" / "launch" / "launch.json"  # the downloaded artifact
+    launch_file.parent.mkdir(parents=True)
+    shutil.copyfile(checkout / "launch" / "tiny-jobs" / "launch.json", launch_file)
+    launcher = lock_only_env(
+        runner,
+        checkout,
+        HF_TOKEN=TOKEN,
+        FLAVOR="cpu-upgrade",
+        OUT=str(out),
+        PUSH="true",
+        CREATE_PR="",
+        LAUNCH=str(launch_file),
+    )
+    done = step("hf-jobs", "Run on Hugging Face Jobs", launcher)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     # The record is back, the weights are not.
     for name in (
@@ -257,3 +301,31 @@ def test_refusals_before_any_job(
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
     assert run(recipe, tmp_path / "run") == 1
     assert "no Hugging Face token" in capsys.readouterr().err
+
+
+def test_the_launch_file_is_data(tmp_path: Path) -> None:
+    """The launcher bundles only files of its own checkout and mounts only locked parents,
+    whatever the launch file (made where the token is not) says."""
+    from publisher.jobs import JobsError, Launch, check_hub_parents, make_bundle
+
+    root = tmp_path / "checkout"
+    (root / "recipes").mkdir(parents=True)
+    (root / "recipes" / "r.yaml").write_text("recipe\n")
+    locked = {"org/a": {"ref": "org/a", "source": "hub", "revision": "a" * 40}}
+    (root / "recipes" / "r.lock.json").write_text(json.dumps({"parents": locked}))
+    (tmp_path / "secret.txt").write_text("not for the bundle\n")
+    (root / "link").symlink_to(tmp_path / "secret.txt")
+
+    def launch(**fields: object) -> Launch:
+        return Launch(**{"recipe": "recipes/r.yaml", "paths": ["recipes"], "src": ".", **fields})
+
+    bundle = make_bundle(launch(), root, tmp_path / "ok")
+    assert (bundle.root / "recipes" / "r.yaml").read_text() == "recipe\n"
+    for paths in (["../secret.txt"], [str(tmp_path / "secret.txt")], ["link"]):
+        with pytest.raises(JobsError, match="refused"):
+            make_bundle(launch(paths=paths), root, tmp_path / "bad")
+    assert not (tmp_path / "bad" / "link").exists()
+    check_hub_parents(launch(hub_parents={"org/a": "a" * 40}), root)
+    for parents in ({"org/a": "b" * 40}, {"org/private": "c" * 40}):
+        with pytest.raises(JobsError, match="not what r.lock.json pins"):
+            check_hub_parents(launch(hub_parents=parents), root)

@@ -236,9 +236,10 @@ def test_the_build_job_holds_no_write_credential() -> None:
     upload = next(s for s in build["steps"] if s.get("with", {}).get("name", "").startswith("run-"))
     assert upload["with"]["path"] == "runs/${{ steps.name.outputs.name }}"
     assert upload["with"]["include-hidden-files"] is False
-    # The push job's, and the hf-jobs job's (which only starts Hugging Face Jobs: recipe code
-    # runs in the build Job there, which gets no credential).
-    assert text.count("secrets.HF_TOKEN") == 2
+    # The write token: the push job's and the Hugging Face Jobs launcher's, nowhere else; both
+    # install only the lock and run no recipe code (see the tests below).
+    holders = {name for name, job in jobs.items() if "secrets.HF_TOKEN" in yaml.safe_dump(job)}
+    assert holders == {"push", "hf-jobs"} and text.count("secrets.HF_TOKEN") == 2
 
 
 def test_the_push_jobs_hold_the_credential_and_run_no_recipe_code() -> None:
@@ -298,16 +299,41 @@ def test_jobs_that_can_write_install_only_hash_pinned_packages() -> None:
     """Every job holding a write scope or credential installs from the hash-pinned lock only:
     no `pip install -e .`, no setup-publisher, nothing without --require-hashes."""
     jobs = _privileged_jobs()
-    assert {"recipe-pr.yml/comment", "publish.yml/push", "publish.yml/push-oidc"} <= set(jobs)
+    assert {
+        "recipe-pr.yml/comment",
+        "publish.yml/push",
+        "publish.yml/push-oidc",
+        "publish.yml/hf-jobs",
+    } <= set(jobs)
     for name, job in jobs.items():
-        if name == "publish.yml/hf-jobs":
-            continue  # the launcher is split in a later change
         installs = _installs(job)
         assert installs, name
         for line in installs:
             assert "setup-publisher" not in line, f"{name}: {line}"
             assert "--require-hashes" in line and "requirements/publish.lock" in line, name
             assert "--no-deps" in line and "--only-binary" in line, name
+
+
+def test_the_hf_jobs_launcher_holds_the_token_but_loads_no_recipe() -> None:
+    """Without a GPU runner the recipe is validated and planned in hf-jobs-prepare, with no
+    credential; the job with the token starts the Jobs with `--launch` (the prepared file list,
+    from its own checkout, recipe not loaded) and publisher from source."""
+    jobs = load(WORKFLOWS / "publish.yml")["jobs"]
+    prepare, launcher = jobs["hf-jobs-prepare"], jobs["hf-jobs"]
+    assert "environment" not in prepare and prepare["permissions"] == {"contents": "read"}
+    assert "secrets." not in yaml.safe_dump(prepare)
+    assert "--prepare" in next(
+        s["run"] for s in prepare["steps"] if "publisher run" in s.get("run", "")
+    )
+    assert "hf-jobs-prepare" in launcher["needs"] and "!cancelled()" in launcher["if"]
+    assert launcher["environment"]["name"] == "hub-publish"
+    run = next(s for s in launcher["steps"] if s.get("id") == "run")
+    assert run["env"]["HF_TOKEN"] == "${{ secrets.HF_TOKEN }}"
+    assert run["env"]["PYTHONPATH"] == "${{ github.workspace }}"
+    assert "--launch" in run["run"] and 'python -m publisher run "$RECIPE"' in run["run"]
+    download = next(s for s in launcher["steps"] if "download-artifact" in str(s.get("uses", "")))
+    assert download["with"]["name"] == "launch-${{ steps.name.outputs.name }}"
+    assert download["with"]["path"].startswith("${{ runner.temp }}/")
 
 
 def test_the_comment_job_runs_no_pull_request_code() -> None:
@@ -389,7 +415,8 @@ def test_publish_runner_choice() -> None:
     # Exactly one path runs: the GPU build and its pushes, or the Hugging Face Jobs job.
     for name in ("build", "push", "push-oidc"):
         assert "needs.recipes.outputs.runner != 'hf-jobs'" in jobs[name]["if"], name
-    assert "needs.recipes.outputs.runner == 'hf-jobs'" in hf["if"]
+    for name in ("hf-jobs-prepare", "hf-jobs"):
+        assert "needs.recipes.outputs.runner == 'hf-jobs'" in jobs[name]["if"], name
     # One publish of a recipe at a time, whichever path: the push jobs' group.
     assert hf["concurrency"] == jobs["push"]["concurrency"]
     assert hf["environment"]["name"] == "hub-publish" and hf["permissions"] == {"contents": "read"}

@@ -19,10 +19,13 @@ def locked_names() -> list[str]:
     return [re.sub(r"[-_.]+", "-", name).lower() for name in pins]
 
 
-def lock_only_env(base: dict[str, str] | None = None, **extra: str) -> dict[str, str]:
+def lock_only_env(
+    base: dict[str, str] | None = None, source: Path = REPO_ROOT, **extra: str
+) -> dict[str, str]:
+    """`base` (default: this environment) for a Python that imports publisher from `source`."""
     return {
         **(os.environ if base is None else base),
-        "PYTHONPATH": f"{HERE}{os.pathsep}{REPO_ROOT}",
+        "PYTHONPATH": f"{HERE}{os.pathsep}{source}",
         "PUBLISHER_LOCK_ONLY": ",".join(locked_names()),
         **extra,
     }
