@@ -238,8 +238,8 @@ def case_verdicts(label: str, stats: dict[str, dict[str, float]]) -> list[dict]:
                 f"spread of identical runs {noise:.2f} s")  # fmt: skip
         verdict("start-up gap, CPU s (<)", gap_cpu, TARGET_GAP, gap_cpu < TARGET_GAP)
     else:
-        # Here ours also reads the parents its own way (parent_reads), so the difference is
-        # not start-up alone: informational.
+        # Where ours chose parent_reads pread (mergekit-yaml has no flag for it) the difference
+        # is not start-up alone; the startup case measures that: informational here.
         verdict("ours - same flags, wall s", gap, 0.0, True, "informational (parent_reads)")
     if lazy:
         speed = lazy["wall"] / ours["wall"]

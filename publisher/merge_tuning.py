@@ -56,6 +56,7 @@ class MergeFacts:
         pickled_parents: some parent ships `.bin`/`.pt` (pickle) weights, not safetensors.
         gpu_bytes: accelerator memory when known (None on CPU or when not probed).
         pread_available: the installed safetensors can read with `pread` instead of `mmap`.
+        parent_bytes: bytes of all parents' weight files together.
     """
 
     output_bytes: int
@@ -65,6 +66,7 @@ class MergeFacts:
     pickled_parents: bool = False
     gpu_bytes: int | None = None
     pread_available: bool = False
+    parent_bytes: int = 0
 
 
 @dataclass
@@ -146,17 +148,26 @@ def _low_cpu_memory(facts: MergeFacts) -> tuple[bool, str]:
 
 def _parent_reads(facts: MergeFacts) -> tuple[str, str]:
     # A memory-mapped parent stays mapped while mergekit reads it, so every page it has touched
-    # counts in the process's RSS until the merge ends: both parents whole, at the end. With
-    # pread each tensor is copied into memory that is freed once merged (bench/README.md,
-    # merge_targets, has the figures). GPU loads keep mmap: not measured on a GPU yet.
+    # counts in the process's RSS until the merge ends: both parents whole. Those are clean
+    # page-cache pages, and a cgroup is charged for the page cache that pread fills too, so
+    # pread lowers peak RSS (0.15x at 1.2B bf16, bench/README.md) more than real memory use,
+    # and it cost 1.35x the wall time there (copies instead of mapped pages). So mmap, unless
+    # the parents and the output do not fit in free memory together: then pread lets the
+    # kernel drop what was read instead of keeping it mapped. GPU loads keep mmap.
     if facts.device.startswith("cuda"):
         return "mmap", "GPU merge: safetensors' default loader"
     if facts.pickled_parents:
         return "mmap", "pickled parents: pread applies to safetensors files only"
+    if facts.free_ram_bytes >= facts.parent_bytes + 2 * facts.output_bytes:
+        return "mmap", (
+            "free memory holds the mapped parents and the output: mmap, measured faster "
+            "than pread (bench/README.md)"
+        )
     if not facts.pread_available:
         return "mmap", "this safetensors has no pread backend (0.8 or later has)"
     return "pread", (
-        "memory-mapped parents count in peak RSS whole; pread holds only the tensors in flight"
+        "the mapped parents would not fit beside the output in free memory; pread holds "
+        "only the tensors in flight"
     )
 
 
@@ -181,6 +192,7 @@ def measure_facts(parent_dirs: list[Path], out_dtype: str | None, device: str) -
         pickled_parents=any(not p.name.endswith(".safetensors") for p in weights),
         gpu_bytes=_gpu_bytes() if device.startswith("cuda") else None,
         pread_available=safetensors_has_pread(),
+        parent_bytes=sum(p.stat().st_size for p in weights),
     )
 
 

@@ -84,12 +84,14 @@ def test_recipe_settings_win_and_the_rest_is_measured_from_the_parents(write_rec
     assert tuning.facts["output_bytes"] == parent_bytes // 2
 
 
-def test_parents_are_read_with_pread_on_cpu_where_safetensors_can():
-    assert choose(output_bytes=GB, pread_available=True)["parent_reads"] == "pread"
-    assert choose(output_bytes=GB)["parent_reads"] == "mmap"  # an older safetensors
-    assert choose(output_bytes=GB, pread_available=True, device="cuda")["parent_reads"] == "mmap"
-    pickled = choose(output_bytes=GB, pread_available=True, pickled_parents=True)
-    assert pickled["parent_reads"] == "mmap"
+def test_parents_are_read_with_pread_only_when_mapped_they_would_not_fit():
+    tight = {"output_bytes": 3 * GB, "parent_bytes": 12 * GB, "free_ram_bytes": 8 * GB}
+    assert choose(**tight, pread_available=True)["parent_reads"] == "pread"
+    assert choose(**tight)["parent_reads"] == "mmap"  # an older safetensors
+    assert choose(**tight, pread_available=True, device="cuda")["parent_reads"] == "mmap"
+    assert choose(**tight, pread_available=True, pickled_parents=True)["parent_reads"] == "mmap"
+    roomy = {"output_bytes": 3 * GB, "parent_bytes": 6 * GB, "free_ram_bytes": 16 * GB}
+    assert choose(**roomy, pread_available=True)["parent_reads"] == "mmap"  # measured faster
 
 
 def test_the_hf_jobs_build_tunes_what_neither_the_recipe_nor_a_flag_sets(
