@@ -11,8 +11,9 @@ the build merged.
 - `finish` (a small CPU flavor, the token as the job secret `HF_TOKEN`): reads the build's run
   directory from the same bucket, read-only, copies it, plans again from the recipe in the
   bundle (the plan in the bucket was written where recipe code ran, so it is not trusted), checks
-  the weights against that plan and the card against the reports (`verify_run`), pushes when
-  asked and only if that passed, and uploads the run record (never the weights) to the private
+  the weights against that plan and the card against the reports (`verify_run`) in a child
+  process whose environment holds no token (it renders the recipe's card templates), pushes
+  when asked and only if that passed, and uploads the run record (never the weights) to the private
   staging repo, where the local command fetches it. With `record_only` (the build failed or
   timed out) it uploads the record and does nothing else.
 
@@ -158,7 +159,8 @@ def _device() -> str:
 
 
 def finish(spec: JobSpec) -> int:
-    """Verify again where the token is, push if asked and verified, upload the record."""
+    """Verify again (in a child process without the token), push if asked and verified, upload
+    the record."""
     from huggingface_hub import get_token
 
     from publisher.errors import PublisherError
@@ -176,7 +178,9 @@ def finish(spec: JobSpec) -> int:
     code = 0
     if not spec.record_only:
         try:
-            code = _verify_and_push(spec, work)
+            code = _verify_without_token(work)
+            if code == 0 and spec.push:
+                _push(spec, work)
         except PublisherError as exc:
             _say(f"error: {exc}")
             code = 1
@@ -188,15 +192,33 @@ def finish(spec: JobSpec) -> int:
     return code
 
 
-def _verify_and_push(spec: JobSpec, work: Path) -> int:
+def _verify_without_token(work: Path) -> int:
+    """Run `_verify` in a child process whose environment holds no Hub token or other secret
+    (`publisher.isolation.child_environment`): it renders the recipe's card templates, and
+    recipe-controlled files never render where the write credential is."""
+    import subprocess
+
+    from publisher.isolation import child_environment
+
+    sys.stdout.flush()
+    done = subprocess.run(
+        [sys.executable, "-m", "publisher.jobrun", "verify", str(work)],
+        env=child_environment(),
+        check=False,
+    )
+    return 0 if done.returncode == 0 else 1
+
+
+def _verify(spec: JobSpec, work: Path) -> int:
+    """Plan again from the bundle's recipe, check the weights and the card (`verify_run`), and
+    record the outcome in the run's manifest; 0 when verify passed."""
     from publisher.card import resolve_templates_dir
-    from publisher.hub import fetch_parents, push_run
+    from publisher.hub import fetch_parents
     from publisher.manifest import Manifest
     from publisher.parents import resolve_parents
     from publisher.recipe import load_recipe
     from publisher.rundir import RunDir
     from publisher.schedule import build_plan, write_plan
-    from publisher.settings import Overrides, resolve_settings
     from publisher.verify import verify_run
 
     bundle = mount(BUNDLE_MOUNT)
@@ -237,15 +259,26 @@ def _verify_and_push(spec: JobSpec, work: Path) -> int:
         for failure in report.failures[:5]:
             _say(f"  {failure}")
         return 1
-    if spec.push:
-        # Where to push comes from the trusted bundle's recipe and the command line, resolved
-        # here: never from the manifest the build job wrote.
-        given = {k: spec.options.get(k) for k in ("repo_id", "create_pr", "private")}
-        target = resolve_settings(recipe, Overrides(**given)).hub
-        result = push_run(run.root, **target.model_dump(), log=_say)
-        manifest.data["push"] = result.as_dict()
-        manifest.save()
     return 0
+
+
+def _push(spec: JobSpec, work: Path) -> None:
+    """Push the verified run as data (the upload's allow-list and secret scan)."""
+    from publisher.hub import push_run
+    from publisher.manifest import Manifest
+    from publisher.recipe import load_recipe
+    from publisher.rundir import RunDir
+    from publisher.settings import Overrides, resolve_settings
+
+    recipe = load_recipe(mount(BUNDLE_MOUNT) / spec.recipe)
+    # Where to push comes from the trusted bundle's recipe and the command line, resolved
+    # here: never from the manifest the build job wrote.
+    given = {k: spec.options.get(k) for k in ("repo_id", "create_pr", "private")}
+    target = resolve_settings(recipe, Overrides(**given)).hub
+    result = push_run(work, **target.model_dump(), log=_say)
+    manifest = Manifest(RunDir(work).manifest)
+    manifest.data["push"] = result.as_dict()
+    manifest.save()
 
 
 def _upload_record(spec: JobSpec, work: Path, token: str) -> None:
@@ -269,11 +302,19 @@ def _upload_record(spec: JobSpec, work: Path, token: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if args not in (["build"], ["finish"]):
-        _say("usage: python -m publisher.jobrun build|finish  (settings in $PUBLISHER_JOB)")
-        return 2
-    spec = JobSpec.from_env()
-    return build(spec) if args[0] == "build" else finish(spec)
+    if args in (["build"], ["finish"]):
+        spec = JobSpec.from_env()
+        return build(spec) if args[0] == "build" else finish(spec)
+    if len(args) == 2 and args[0] == "verify":  # finish's child, without the token
+        from publisher.errors import PublisherError
+
+        try:
+            return _verify(JobSpec.from_env(), Path(args[1]))
+        except PublisherError as exc:
+            _say(f"error: {exc}")
+            return 1
+    _say("usage: python -m publisher.jobrun build|finish  (settings in $PUBLISHER_JOB)")
+    return 2
 
 
 if __name__ == "__main__":

@@ -123,3 +123,31 @@ def test_the_childs_environment_holds_no_credential():
     assert "HF_READ_TOKEN" not in env and env["HF_TOKEN_PATH"] == os.devnull
     assert env["HF_ENDPOINT"] == "http://127.0.0.1:1" and env["PATH"] == "/usr/bin"
     assert "HF_TOKEN" not in child_environment({"HF_TOKEN": "hf_write_token_value"})
+
+
+# Python runs `sitecustomize` at start-up from its path: here it writes down what a process sees.
+PROBE = """\
+import json, os, sys
+from huggingface_hub import get_token
+with open(os.environ["PROBE_OUT"], "w") as handle:
+    json.dump({"pid": os.getpid(), "argv": sys.argv, "token": get_token()}, handle)
+"""
+
+
+def test_the_hf_jobs_finish_verifies_without_the_token(tmp_path, monkeypatch):
+    """The finish job's verify renders the recipe's card templates: it runs in a child process
+    that holds no token, and fails closed (nothing to push) when that child fails."""
+    from publisher import jobrun
+
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    (probe / "sitecustomize.py").write_text(PROBE)
+    monkeypatch.setenv("PYTHONPATH", str(probe))
+    monkeypatch.setenv("PROBE_OUT", str(tmp_path / "seen.json"))
+    monkeypatch.setenv("HF_TOKEN", LOCAL_HUB_TOKEN)
+    monkeypatch.delenv(jobrun.SPEC_ENV, raising=False)  # the child cannot verify: it fails
+
+    assert jobrun._verify_without_token(tmp_path / "run") == 1
+    seen = json.loads((tmp_path / "seen.json").read_text())
+    assert seen["argv"][1:] == ["verify", str(tmp_path / "run")]
+    assert seen["pid"] != os.getpid() and seen["token"] is None
