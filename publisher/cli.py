@@ -10,7 +10,8 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -151,8 +152,20 @@ def _count(text: str) -> int:
     return int(text)
 
 
+@contextmanager
+def _summary_of(run_dir: Path) -> Iterator[None]:
+    """However the run ends, its stage table goes to the Actions job summary."""
+    try:
+        yield
+    finally:
+        manifest = run_dir / "manifest.json"
+        if manifest.exists():
+            from publisher.manifest import stage_table
+
+            actions.write_summary(stage_table(manifest))
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from publisher.manifest import stage_table
     from publisher.pipeline import default_run_dir, run_pipeline
     from publisher.recipe import load_recipe
     from publisher.settings import MERGE_FLAGS, resolve_settings
@@ -169,14 +182,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = resolve_settings(recipe, given)
     if args.on == "hf-jobs":
         return _run_on_jobs(args, recipe, run_dir, given)
-    try:
+    with _summary_of(run_dir):
         if "push" in settings.stages and set(settings.stages) != {"push"}:
             settings = _build_apart(recipe, run_dir, settings)
         run_pipeline(recipe, run_dir, settings, log=actions.ActionsReporter(_out))
-    finally:
-        manifest = run_dir / "manifest.json"
-        if manifest.exists():
-            actions.write_summary(stage_table(manifest))
     _report_run(run_dir)
     return EXIT_OK
 
@@ -212,7 +221,6 @@ def _job_options(args: argparse.Namespace):
 
 def _run_on_jobs(args: argparse.Namespace, recipe, run_dir: Path, given) -> int:
     from publisher.jobs import prepare_launch, run_on_jobs
-    from publisher.manifest import stage_table
 
     job = _job_options(args)
     if args.prepare is not None:
@@ -222,7 +230,7 @@ def _run_on_jobs(args: argparse.Namespace, recipe, run_dir: Path, given) -> int:
         )
         _out(f"launch file: {launch.write(Path(args.prepare))}")
         return EXIT_OK
-    try:
+    with _summary_of(run_dir):
         run_on_jobs(
             recipe,
             run_dir,
@@ -230,10 +238,6 @@ def _run_on_jobs(args: argparse.Namespace, recipe, run_dir: Path, given) -> int:
             job,
             log=actions.ActionsReporter(_out),
         )
-    finally:
-        manifest = run_dir / "manifest.json"
-        if manifest.exists():
-            actions.write_summary(stage_table(manifest))
     _report_run(run_dir)
     return EXIT_OK
 
@@ -242,12 +246,11 @@ def _launch_on_jobs(args: argparse.Namespace) -> int:
     """`--on hf-jobs --launch FILE`: start the jobs a `--prepare` run listed. What the job that
     holds the token runs: it neither loads the recipe nor plans (see `publisher.jobs.Launch`)."""
     from publisher.jobs import launch_jobs
-    from publisher.manifest import stage_table
 
     if args.on != "hf-jobs" or args.out is None:
         raise CommandError("--launch needs --on hf-jobs and --out RUN_DIR")
     run_dir = Path(args.out)
-    try:
+    with _summary_of(run_dir):
         launch_jobs(
             Path(args.launch),
             args.recipe,
@@ -256,10 +259,6 @@ def _launch_on_jobs(args: argparse.Namespace) -> int:
             _job_options(args),
             log=actions.ActionsReporter(_out),
         )
-    finally:
-        manifest = run_dir / "manifest.json"
-        if manifest.exists():
-            actions.write_summary(stage_table(manifest))
     _report_run(run_dir)
     return EXIT_OK
 

@@ -76,6 +76,16 @@ def child_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def run_without_token(args: list[str], stdin: str | None = None) -> int:
+    """`python ARGS` in a child process whose environment holds no credential
+    (`child_environment`); its exit code. Its output goes where this process's goes."""
+    sys.stdout.flush()
+    done = subprocess.run(
+        [sys.executable, *args], input=stdin, text=True, env=child_environment(), check=False
+    )
+    return done.returncode
+
+
 def build_in_child(recipe_path: Path, run_dir: Path, settings: Any) -> None:
     """Run `settings`' stages except push in a child process without the token; raise
     `IsolatedBuildError` when it fails."""
@@ -87,15 +97,7 @@ def build_in_child(recipe_path: Path, run_dir: Path, settings: Any) -> None:
             mode="json"
         ),
     }
-    sys.stdout.flush()
-    done = subprocess.run(
-        [sys.executable, "-m", "publisher.isolation"],
-        input=json.dumps(job),
-        text=True,
-        env=child_environment(),
-        check=False,
-    )
-    if done.returncode != 0:
+    if run_without_token(["-m", "publisher.isolation"], stdin=json.dumps(job)) != 0:
         raise IsolatedBuildError(
             f"the build ({', '.join(stages)}) failed in its process without the Hub token "
             "(see above); nothing was pushed"

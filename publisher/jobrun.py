@@ -196,17 +196,9 @@ def _verify_without_token(work: Path) -> int:
     """Run `_verify` in a child process whose environment holds no Hub token or other secret
     (`publisher.isolation.child_environment`): it renders the recipe's card templates, and
     recipe-controlled files never render where the write credential is."""
-    import subprocess
+    from publisher.isolation import run_without_token
 
-    from publisher.isolation import child_environment
-
-    sys.stdout.flush()
-    done = subprocess.run(
-        [sys.executable, "-m", "publisher.jobrun", "verify", str(work)],
-        env=child_environment(),
-        check=False,
-    )
-    return 0 if done.returncode == 0 else 1
+    return 0 if run_without_token(["-m", "publisher.jobrun", "verify", str(work)]) == 0 else 1
 
 
 def _verify(spec: JobSpec, work: Path) -> int:

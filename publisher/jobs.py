@@ -450,36 +450,27 @@ def _start(
     if launch.extra:
         env["PUBLISHER_JOB_EXTRA"] = launch.extra
     tail: deque[str] = deque(maxlen=TAIL_LINES)
-    with _cancel_on_signal(api, namespace, result) as running:
-        build = running(
-            "build",
-            lambda: api.run_job(
-                image=job.image,
-                command=["sh", "-c", BOOTSTRAP, "publisher-job", "build"],
-                env={**env, "PUBLISHER_JOB": spec.to_env()},
-                flavor=job.flavor,
-                timeout=timeout,
-                volumes=[bundle_volume, out_volume(False), *parent_volumes.values()],
-                labels={"publisher-run": run_id, "publisher-role": "build"},
-                namespace=namespace,
-            ),
-            report,
-            tail,
+
+    def start(role: str, flavor: str, read_only: bool, **job_secrets: str) -> Callable[[], Any]:
+        # Called when the job starts: `spec` (record_only) is read then, not now.
+        return lambda: api.run_job(
+            image=job.image,
+            command=["sh", "-c", BOOTSTRAP, "publisher-job", role],
+            env={**env, "PUBLISHER_JOB": spec.to_env()},
+            secrets=job_secrets or None,
+            flavor=flavor,
+            timeout=timeout,
+            volumes=[bundle_volume, out_volume(read_only), *parent_volumes.values()],
+            labels={"publisher-run": run_id, "publisher-role": role},
+            namespace=namespace,
         )
+
+    with _cancel_on_signal(api, namespace, result) as running:
+        build = running("build", start("build", job.flavor, False), report, tail)
         spec.record_only = build.status.stage != "COMPLETED"
         finish = running(
             "finish",
-            lambda: api.run_job(
-                image=job.image,
-                command=["sh", "-c", BOOTSTRAP, "publisher-job", "finish"],
-                env={**env, "PUBLISHER_JOB": spec.to_env()},
-                secrets={"HF_TOKEN": token},
-                flavor=job.push_flavor,
-                timeout=timeout,
-                volumes=[bundle_volume, out_volume(True), *parent_volumes.values()],
-                labels={"publisher-run": run_id, "publisher-role": "finish"},
-                namespace=namespace,
-            ),
+            start("finish", job.push_flavor, True, HF_TOKEN=token),
             report,
             deque(maxlen=TAIL_LINES),
         )
