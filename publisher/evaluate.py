@@ -242,6 +242,7 @@ def run_eval(
         `lm_eval_version`), read back, so its numbers are the file's numbers.
     """
     import lm_eval
+    from datasets.exceptions import DatasetsError
     from lm_eval.utils import handle_non_serializable
 
     sandbox_prompt_templates()
@@ -282,9 +283,12 @@ def run_eval(
             log_samples=False,
             task_manager=manager,
         )
-    except (OSError, ValueError, KeyError, RuntimeError, ImportError) as exc:
+    except (OSError, ValueError, KeyError, RuntimeError, ImportError, DatasetsError) as exc:
+        # datasets' own errors (a task's data that will not load) say nothing of the task
+        cause = exc.__cause__ if isinstance(exc, DatasetsError) and exc.__cause__ else exc
         raise EvalError(
             f"lm-eval failed on {', '.join(names)}: {type(exc).__name__}: {exc}"
+            + (f" ({type(cause).__name__}: {cause})" if cause is not exc else "")
         ) from exc
     if results is None:
         if int(os.environ.get(_RANK_ENV, "0")) > 0:

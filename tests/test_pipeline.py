@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -178,12 +179,23 @@ def test_verify_catches_tampered_results_json(finished_run, tmp_path, copy_run):
 
 def test_a_failing_stage_stops_the_run(finished_run, tmp_path, capsys):
     recipe, run_dir, _ = finished_run
+    # A custom task whose data is not JSON: lm-eval fails on it, past every earlier stage.
+    tasks = tmp_path / "broken-tasks"
+    shutil.copytree(run_dir / "eval" / "tasks", tasks)
+    (tasks / "tiny_qa.jsonl").write_text("question: not JSON\n")
+    for yaml_file in tasks.glob("*.yaml"):
+        text = yaml_file.read_text().replace("publisher_tiny_qa", "broken_qa")
+        yaml_file.write_text(text.replace(str(run_dir / "eval" / "tasks"), str(tasks)))
     broken = tmp_path / "broken.yaml"
-    broken.write_text(recipe.read_text().replace("[publisher_tiny_qa]", "[no_such_task_xyz]"))
+    broken.write_text(
+        recipe.read_text()
+        .replace("[publisher_tiny_qa]", "[broken_qa]")
+        .replace("    limit: 10\n", "    limit: 10\n    include_paths: [broken-tasks]\n")
+    )
     out = tmp_path / "run"
     assert main(["run", str(broken), "--out", str(out)]) == 1
     captured = capsys.readouterr()
-    assert "stage 'eval' failed" in captured.err and "no_such_task_xyz" in captured.err
+    assert "stage 'eval' failed" in captured.err and "broken_qa" in captured.err
     assert "Traceback" not in captured.err + captured.out
     assert not (out / "README.md").exists() and not (out / "verify.json").exists()
     manifest = json.loads((out / "manifest.json").read_text())
