@@ -220,7 +220,8 @@ def _job_options(args: argparse.Namespace):
 
 
 def _run_on_jobs(args: argparse.Namespace, recipe, run_dir: Path, given) -> int:
-    from publisher.jobs import prepare_launch, run_on_jobs
+    from publisher.jobbundle import prepare_launch
+    from publisher.jobs import run_on_jobs
 
     job = _job_options(args)
     if args.prepare is not None:
@@ -244,7 +245,7 @@ def _run_on_jobs(args: argparse.Namespace, recipe, run_dir: Path, given) -> int:
 
 def _launch_on_jobs(args: argparse.Namespace) -> int:
     """`--on hf-jobs --launch FILE`: start the jobs a `--prepare` run listed. What the job that
-    holds the token runs: it neither loads the recipe nor plans (see `publisher.jobs.Launch`)."""
+    holds the token runs: it neither loads the recipe nor plans (see `publisher.jobbundle.Launch`)."""
     from publisher.jobs import launch_jobs
 
     if args.on != "hf-jobs" or args.out is None:

@@ -306,7 +306,7 @@ def test_refusals_before_any_job(
 def test_the_launch_file_is_data(tmp_path: Path) -> None:
     """The launcher bundles only files of its own checkout and mounts only locked parents,
     whatever the launch file (made where the token is not) says."""
-    from publisher.jobs import JobsError, Launch, check_hub_parents, make_bundle
+    from publisher.jobbundle import JobsError, Launch, check_hub_parents, make_bundle
 
     root = tmp_path / "checkout"
     (root / "recipes").mkdir(parents=True)

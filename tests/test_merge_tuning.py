@@ -99,8 +99,9 @@ def test_the_hf_jobs_build_tunes_what_neither_the_recipe_nor_a_flag_sets(
 ):
     """`--on hf-jobs --write-threads 3` on a recipe with `out_shard_size`: the build job keeps
     those two and tunes the rest for its own hardware, as a local run does."""
+    from publisher.jobbundle import Bundle
     from publisher.jobrun import SPEC_ENV, JobSpec, build_settings
-    from publisher.jobs import Bundle, _job_options
+    from publisher.jobs import _job_options
     from publisher.settings import Overrides
 
     recipe = load_recipe(
