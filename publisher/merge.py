@@ -143,7 +143,7 @@ def run_merge_stage(
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
     try:
-        with safetensors_reads(request.parent_reads):
+        with safetensors_reads(request.parent_reads), torch_threads(request.num_threads):
             run_merge(config, str(out_dir), options=options)
     except (RuntimeError, ValueError, OSError, TypeError) as exc:
         raise MergeError(f"mergekit failed: {exc}") from exc
@@ -151,6 +151,27 @@ def run_merge_stage(
         raise MergeError(f"mergekit wrote no safetensors into {out_dir}")
     write_mergekit_config(recipe, parents, out_dir)
     return out_dir
+
+
+@contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """While open, torch computes on `count` threads (None: as it was); restored after.
+
+    `MergeOptions.num_threads` only takes effect through `apply_global_options`, which
+    mergekit's command line calls and `run_merge` does not (it also sets the inter-op threads,
+    which torch refuses once any parallel work has run in the process).
+    """
+    if count is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @contextmanager

@@ -91,7 +91,6 @@ def choose_merge_options(facts: MergeFacts, explicit: dict[str, Any] | None = No
             tuning.set(name, value, "set by the recipe or a flag")
     choices = {
         "out_shard_size": _shard_size,
-        "num_threads": _num_threads,
         "async_write": _async_write,
         "lazy_unpickle": _lazy_unpickle,
         "low_cpu_memory": _low_cpu_memory,
@@ -100,9 +99,13 @@ def choose_merge_options(facts: MergeFacts, explicit: dict[str, Any] | None = No
     for name, choose in choices.items():
         if name not in explicit:
             tuning.set(name, *choose(facts))
+    writers = 0
+    if tuning.options["async_write"]:
+        writers = tuning.options.get("write_threads") or min(2, max(1, facts.cpus - 1))
     if "write_threads" not in explicit:
-        threads = 1 if not tuning.options["async_write"] else min(2, max(1, facts.cpus - 1))
-        tuning.set("write_threads", threads, "one writer per spare CPU, at most 2")
+        tuning.set("write_threads", max(1, writers), "one writer per spare CPU, at most 2")
+    if "num_threads" not in explicit:
+        tuning.set("num_threads", *_num_threads(facts, writers))
     return tuning
 
 
@@ -116,9 +119,15 @@ def _shard_size(facts: MergeFacts) -> tuple[int, str]:
     return size, f"at most {MAX_SHARDS} shards for {facts.output_bytes / GB:.1f} GB of output"
 
 
-def _num_threads(facts: MergeFacts) -> tuple[int, str]:
+def _num_threads(facts: MergeFacts, writers: int) -> tuple[int, str]:
     # torch defaults to the machine's physical cores, more than a container or a CI runner's
-    # CPU affinity may give this process; oversubscribed threads only contend.
+    # CPU affinity may give this process; oversubscribed threads only contend. Background
+    # writers serialize and copy whole shards: on 2 CPUs, 1 merge thread beside 1 writer was
+    # 1.15x faster than 2 beside it (800M float32, bench/README.md).
+    if writers and facts.cpus > writers:
+        return facts.cpus - writers, (
+            f"the {facts.cpus} CPU(s) this process may run on, less {writers} for the writer(s)"
+        )
     return max(1, facts.cpus), f"the {facts.cpus} CPU(s) this process may run on"
 
 

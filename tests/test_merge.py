@@ -103,3 +103,31 @@ def test_pread_merge_writes_the_same_weights(write_recipe, tmp_path, tiny_parent
     }
     assert merged["mmap"].keys() == merged["pread"].keys()
     assert all(torch.equal(merged["mmap"][k], merged["pread"][k]) for k in merged["mmap"])
+
+
+def test_num_threads_holds_during_the_merge_and_is_restored(
+    write_recipe, tmp_path, tiny_parents, monkeypatch
+):
+    """mergekit's `run_merge` ignores `MergeOptions.num_threads` (only its command line applies
+    it): the merge stage sets torch's threads for the merge itself."""
+    import mergekit.merge
+
+    seen: list[int] = []
+    real_run_merge = mergekit.merge.run_merge
+
+    def watched(*args, **kwargs):  # the real merge, with the threads it runs on noted
+        seen.append(torch.get_num_threads())
+        return real_run_merge(*args, **kwargs)
+
+    monkeypatch.setattr(mergekit.merge, "run_merge", watched)
+    base, other = tiny_parents
+    recipe = load_recipe(
+        write_recipe(TWO_PARENT_RECIPE.replace("{base}", str(base)).replace("{other}", str(other)))
+    )
+    parents = resolve_parents(recipe)
+    dirs = {p.ref: Path(p.path) for p in parents}
+    before = torch.get_num_threads()
+    wanted = before + 1
+    out = run_merge_stage(recipe, parents, dirs, tmp_path / "out", MergeRequest(num_threads=wanted))
+    assert seen == [wanted] and (out / "model.safetensors").exists()
+    assert torch.get_num_threads() == before
