@@ -31,19 +31,26 @@ def quiet(_: str) -> None:
 
 
 @pytest.fixture
-def local_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """A local Hub (accepting only LOCAL_HUB_TOKEN) with huggingface_hub pointed at it and
-    instant retries (publisher's and huggingface_hub's)."""
+def backoff_sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Make huggingface_hub's retry backoff (1 s, then 2, 4, ...) instant; the list records the
+    sleeps it asked for."""
     from types import SimpleNamespace
 
     from huggingface_hub.utils import _http
 
+    sleeps: list[float] = []
+    monkeypatch.setattr(_http, "time", SimpleNamespace(sleep=sleeps.append))
+    return sleeps
+
+
+@pytest.fixture
+def local_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backoff_sleeps: list[float]):
+    """A local Hub (accepting only LOCAL_HUB_TOKEN) with huggingface_hub pointed at it and
+    instant retries (publisher's and huggingface_hub's)."""
     from publisher import hubretry
     from publisher.hubserver import LocalHub, hub_client_env
 
     monkeypatch.setattr(hubretry, "RETRY_DELAYS", (0.05, 0.1, 0.2))
-    # huggingface_hub's own backoff (1 s, then 2, 4, ...) before it retries a failed transfer
-    monkeypatch.setattr(_http, "time", SimpleNamespace(sleep=lambda seconds: None))
     with (
         LocalHub(tmp_path / "hub-data", token=LOCAL_HUB_TOKEN, user="tester") as server,
         hub_client_env(server.endpoint, token=LOCAL_HUB_TOKEN, hf_home=tmp_path / "hf-home"),

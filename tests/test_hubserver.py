@@ -19,7 +19,6 @@ import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import httpx2
@@ -116,14 +115,6 @@ def client(hub: LocalHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> It
     point_client_at(monkeypatch, hub.endpoint, tmp_path / "hf-home")
     yield HfApi()
     _http.close_session()
-
-
-@pytest.fixture
-def backoff_sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """Make huggingface_hub's retry backoff instant; the list records the sleeps it asked for."""
-    sleeps: list[float] = []
-    monkeypatch.setattr(_http, "time", SimpleNamespace(sleep=sleeps.append))
-    return sleeps
 
 
 def model_folder(root: Path, weights: bytes | None = None) -> Path:

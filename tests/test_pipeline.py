@@ -18,6 +18,16 @@ def finished_run(tiny_run):
     return tiny_run
 
 
+def copy_tiny_task(run_dir: Path, dest: Path, name: str) -> Path:
+    """The run's copy of publisher's tiny task, at `dest` as task `name` with its data beside it
+    (task data must stay inside the recipe's repository)."""
+    shutil.copytree(run_dir / "eval" / "tasks", dest)
+    for yaml_file in dest.glob("*.yaml"):
+        text = yaml_file.read_text().replace("publisher_tiny_qa", name)
+        yaml_file.write_text(text.replace(str(run_dir / "eval" / "tasks"), str(dest)))
+    return dest
+
+
 def layer_rows(card: str) -> dict[int, list[float]]:
     rows = {}
     for line in card.splitlines():
@@ -180,12 +190,8 @@ def test_verify_catches_tampered_results_json(finished_run, tmp_path, copy_run):
 def test_a_failing_stage_stops_the_run(finished_run, tmp_path, capsys):
     recipe, run_dir, _ = finished_run
     # A custom task whose data is not JSON: lm-eval fails on it, past every earlier stage.
-    tasks = tmp_path / "broken-tasks"
-    shutil.copytree(run_dir / "eval" / "tasks", tasks)
+    tasks = copy_tiny_task(run_dir, tmp_path / "broken-tasks", "broken_qa")
     (tasks / "tiny_qa.jsonl").write_text("question: not JSON\n")
-    for yaml_file in tasks.glob("*.yaml"):
-        text = yaml_file.read_text().replace("publisher_tiny_qa", "broken_qa")
-        yaml_file.write_text(text.replace(str(run_dir / "eval" / "tasks"), str(tasks)))
     broken = tmp_path / "broken.yaml"
     broken.write_text(
         recipe.read_text()
@@ -276,19 +282,11 @@ def test_no_stages_and_a_file_as_run_directory_are_clear_errors(finished_run, tm
 
 
 def test_eval_dtype_and_task_directories_come_from_the_recipe(finished_run, copy_run, tmp_path):
-    import shutil
-
     recipe, original, _ = finished_run
     run = copy_run(original)
     # A custom task directory beside the recipe, given relative to it.
     recipe_dir = tmp_path / "recipes"
-    tasks = recipe_dir / "my-tasks"
-    shutil.copytree(original / "eval" / "tasks", tasks)
-    for yaml_file in tasks.glob("*.yaml"):
-        text = yaml_file.read_text().replace("publisher_tiny_qa", "my_tiny_qa")
-        # its data beside it: task data must stay inside the recipe's repository
-        text = text.replace(str(original / "eval" / "tasks"), str(tasks))
-        yaml_file.write_text(text)
+    copy_tiny_task(original, recipe_dir / "my-tasks", "my_tiny_qa")
     custom = recipe_dir / "custom.yaml"
     custom.write_text(
         recipe.read_text()
