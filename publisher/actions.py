@@ -21,6 +21,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Literal
 
 from publisher.errors import CommandError
+from publisher.recipe_paths import LOCK_SUFFIX
 
 if TYPE_CHECKING:
     import requests
@@ -40,7 +41,6 @@ SECRET_ENV_VARS = (
 RECIPES_DIR = "recipes"
 TEMPLATES_DIR = "templates"
 RECIPE_SUFFIXES = (".yaml", ".yml")
-LOCK_SUFFIX = ".lock.json"
 # A recipe's file name becomes a matrix value, an artifact name and the default Hub repo name:
 # keep it to characters that are safe in all three.
 SAFE_RECIPE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")

@@ -185,8 +185,9 @@ def check_hub_parents(launch: Launch, root: Path) -> None:
     token mounts them into the build job, so the launch file cannot name other repos."""
     import json
 
-    recipe = root / launch.recipe
-    lock_path = recipe.with_name(f"{recipe.stem}.lock.json")  # Recipe.lock_path
+    from publisher.recipe_paths import lock_path_for
+
+    lock_path = lock_path_for(root / launch.recipe)
     try:
         locked = json.loads(lock_path.read_text(encoding="utf-8")).get("parents") or {}
     except (OSError, ValueError):

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from publisher.recipe_paths import lock_path_for
 from publisher.recipe_rules import check_config, check_paths, check_publish
 from publisher.recipe_schema import (
     KNOWN_DTYPES,
@@ -95,7 +96,7 @@ class Recipe:
 
     @property
     def lock_path(self) -> Path:
-        return self.path.with_name(f"{self.name}.lock.json")
+        return lock_path_for(self.path)
 
     def merge_configuration(self):
         """The mergekit `MergeConfiguration` of this recipe (shared: do not change it)."""

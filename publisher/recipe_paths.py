@@ -41,6 +41,14 @@ class PathError(PublisherError, ValueError):
     """A recipe-controlled path leaves the repository or holds code; the message says which."""
 
 
+LOCK_SUFFIX = ".lock.json"
+
+
+def lock_path_for(recipe_path: Path) -> Path:
+    """Where a recipe's lock file lives: `recipes/NAME.yaml` -> `recipes/NAME.lock.json`."""
+    return recipe_path.with_name(recipe_path.stem + LOCK_SUFFIX)
+
+
 def repository_root(start: Path) -> Path:
     """The nearest directory at or above `start` that holds `.git`, else `start` itself."""
     start = Path(start).resolve()
