@@ -52,7 +52,7 @@ def recipe_code(recipe: Any, settings: Any) -> list[str]:
     ]
     if recipe.publish.chat_template is not None:
         found.append("a chat template (publish.chat_template)")
-    if getattr(recipe.publish, "trust_remote_code", False):
+    if recipe.publish.trust_remote_code:
         found.append("parents' own code (trust_remote_code)")
     return found
 
