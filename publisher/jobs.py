@@ -47,7 +47,7 @@ from publisher.jobbundle import (
 from publisher.jobrun import BUNDLE_MOUNT, OUT_MOUNT, PARENTS_MOUNT, RECORD_FILES, JobSpec
 from publisher.recipe import Recipe
 from publisher.report import Log, reporter
-from publisher.settings import Overrides, resolve_settings
+from publisher.settings import HubTarget, Overrides, resolve_settings, target_with_flags
 
 # A Python image with uv; the job installs the project's pinned dependencies into it (PyPI's
 # Linux torch wheels are CUDA builds). Pass --image for one that already has them.
@@ -276,6 +276,7 @@ def _start(
         staging=staging,
         options=_job_options(given, bundle),
         push=launch.push if given.push is None else given.push,
+        target=target_with_flags(HubTarget.model_validate(launch.target), given).model_dump(),
         parent_mounts={ref: volume.mount_path for ref, volume in parent_volumes.items()},
     )
     bundle_volume = Volume(

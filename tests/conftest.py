@@ -51,11 +51,12 @@ def local_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backoff_sleeps: l
     from publisher.hubserver import LocalHub, hub_client_env
 
     monkeypatch.setattr(hubretry, "RETRY_DELAYS", (0.05, 0.1, 0.2))
-    with (
-        LocalHub(tmp_path / "hub-data", token=LOCAL_HUB_TOKEN, user="tester") as server,
-        hub_client_env(server.endpoint, token=LOCAL_HUB_TOKEN, hf_home=tmp_path / "hf-home"),
-    ):
-        yield server
+    server = LocalHub(tmp_path / "hub-data", token=LOCAL_HUB_TOKEN, user="tester").start()
+    try:
+        with hub_client_env(server.endpoint, token=LOCAL_HUB_TOKEN, hf_home=tmp_path / "hf-home"):
+            yield server
+    finally:
+        server.stop(wait=False)  # about 0.2 s a test: uvicorn's thread ends on its own
 
 
 @pytest.fixture(scope="session")

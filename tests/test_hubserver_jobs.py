@@ -19,8 +19,9 @@ TOKEN = "hf_local_jobs_token"
 
 @pytest.fixture
 def hub(tmp_path: Path) -> Iterator[LocalHub]:
-    with LocalHub(tmp_path / "hub-data", token=TOKEN) as hub:
-        yield hub
+    hub = LocalHub(tmp_path / "hub-data", token=TOKEN).start()
+    yield hub
+    hub.stop(wait=False)
 
 
 @pytest.fixture

@@ -128,14 +128,21 @@ class LocalHub:
             raise RuntimeError(f"the local Hub did not start on {self.endpoint} within {timeout}s")
         return self
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop serving and wait for the thread; idempotent."""
+    def stop(self, timeout: float = 10.0, *, wait: bool = True) -> None:
+        """Stop serving and, with `wait`, wait for the thread; idempotent.
+
+        uvicorn notices the stop at its next 0.1 s tick and then sleeps 0.1 s more while
+        connections close: `wait=False` (a test's teardown) lets the daemon thread finish that
+        on its own. Job processes are killed before this returns either way.
+        """
         server, thread = self._server, self._thread
         self._server, self._thread = None, None
         if server is None or thread is None:
             return
         self._app.state.jobs.shutdown()  # no job process outlives its server
         server.should_exit = True
+        if not wait:
+            return
         thread.join(timeout)
         if thread.is_alive():
             server.force_exit = True
