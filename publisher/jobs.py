@@ -13,7 +13,8 @@ directory as a local run.
    them, and runs plan → verify there.
 3. The **finish** job (`--push-flavor`, the token as the secret `HF_TOKEN`) mounts the same
    parents, verifies again from the recipe, pushes only if that passed (and `--push` or
-   `publish.push` asked), and uploads the run record to the staging repo (`runs/<run id>/`).
+   `publish.push` asked) to the target in its spec (the recipe's, with these flags on top),
+   and uploads the run record to the staging repo (`runs/<run id>/`).
 4. Locally: the record (manifest, plan, smoke, eval results, verify, card, image; not the
    weights) is downloaded into the run directory.
 

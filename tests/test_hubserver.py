@@ -380,6 +380,26 @@ def test_concurrent_commits_all_land_or_get_412(client: HfApi, hub: LocalHub) ->
     assert len([f for f in client.list_repo_files(REPO) if f.endswith(".bin")]) == 9
 
 
+def test_stop_without_waiting_stops_serving(tmp_path: Path) -> None:
+    """The tests' teardown: `stop(wait=False)` returns at once and the port closes soon."""
+    import socket
+    import time
+
+    hub = LocalHub(tmp_path / "data").start()
+    socket.create_connection((hub.host, hub.port), timeout=2).close()
+    hub.stop(wait=False)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((hub.host, hub.port), timeout=0.5).close()
+        except OSError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the local Hub still accepts connections 5 s after stop(wait=False)")
+    hub.stop(wait=False)  # idempotent
+
+
 def test_repos_survive_a_restart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = tmp_path / "data"
     src = model_folder(tmp_path / "src")
