@@ -473,6 +473,22 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 
 
+def median_interval(values: Sequence[float], confidence: float = 0.9) -> tuple[float, float, float]:
+    """A distribution-free interval for the median of `values`: the order statistics
+    (k, n + 1 - k) with the largest k whose binomial coverage is at least `confidence` (or the
+    whole range when no k reaches it). Returns (low, high, coverage)."""
+    ordered = sorted(values)
+    n = len(ordered)
+    tail, best = 0.0, 1  # P(X <= k - 1) for X ~ Binomial(n, 1/2), and the k it allows
+    for k in range(1, n // 2 + 1):
+        tail += math.comb(n, k - 1) / 2**n
+        if 1 - 2 * tail < confidence:
+            break
+        best = k
+    coverage = 1 - 2 * sum(math.comb(n, i) for i in range(best)) / 2**n
+    return ordered[best - 1], ordered[n - best], coverage
+
+
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     """A plain-text table with right-aligned columns (Markdown-compatible pipes)."""
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]

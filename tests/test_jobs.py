@@ -270,10 +270,16 @@ def test_ctrl_c_cancels_the_running_job(
                 return
             time.sleep(0.05)
 
-    watcher = threading.Thread(target=interrupt_once_running, daemon=True)
-    watcher.start()
-    assert run(recipe, tmp_path / "run", "--push") == 130
-    watcher.join()
+    # Ctrl-C as in a terminal: a shell's background job (nohup, some CI runners) starts with
+    # SIGINT ignored, and Python then leaves it ignored.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        watcher = threading.Thread(target=interrupt_once_running, daemon=True)
+        watcher.start()
+        assert run(recipe, tmp_path / "run", "--push") == 130
+        watcher.join()
+    finally:
+        signal.signal(signal.SIGINT, previous)
     jobs = jobs_of(hub)
     assert list(jobs) == ["build"] and jobs["build"].stage == "CANCELED"
     assert "cancelled job" in capsys.readouterr().out
