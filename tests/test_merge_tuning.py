@@ -43,6 +43,18 @@ def test_threads_follow_the_cpus_this_process_may_use_less_the_writers():
     assert choose_merge_options(facts, {"async_write": False}).options["num_threads"] == 4
 
 
+def test_half_precision_on_few_cpus_merges_on_every_cpu():
+    # measured at 1.2B bf16 on 2 CPUs: no background writer, both CPUs merge (bench/README.md)
+    half = choose(output_bytes=3 * GB, cpus=2, out_dtype="bfloat16")
+    assert half["async_write"] is False and half["num_threads"] == 2
+    assert choose(output_bytes=3 * GB, cpus=2, out_dtype="float16")["async_write"] is False
+    assert choose(output_bytes=3 * GB, cpus=2, out_dtype="float32")["async_write"] is True
+    many = choose(output_bytes=3 * GB, cpus=8, out_dtype="bfloat16")
+    assert many["async_write"] is True and many["num_threads"] == 6
+    gpu = choose(output_bytes=3 * GB, cpus=2, out_dtype="bfloat16", device="cuda")
+    assert gpu["async_write"] is True
+
+
 def test_lazy_unpickle_only_for_pickled_parents():
     assert choose(output_bytes=GB, pickled_parents=True)["lazy_unpickle"] is True
     assert choose(output_bytes=GB)["lazy_unpickle"] is False
