@@ -12,9 +12,6 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
-
-from pydantic import ValidationError
 
 import publisher
 from publisher.errors import PublisherError
@@ -22,7 +19,7 @@ from publisher.manifest import hash_inputs
 from publisher.pipeline import run_pipeline
 from publisher.recipe import Recipe
 from publisher.report import Log
-from publisher.settings import HubTarget, Overrides, resolve_settings
+from publisher.settings import Overrides, resolve_settings
 
 
 class JobsError(PublisherError):
@@ -61,9 +58,6 @@ class Launch:
         src: the directory holding the `publisher` package, `"."` when `root` is the checkout.
         templates: the card templates directory the build used, or None for the defaults.
         push: the recipe's `publish.push` with the flags applied.
-        target: where a push goes (`settings.HubTarget` fields), resolved from the recipe and
-            the flags; the launcher's own push flags go on top, and the finish job pushes there
-            without loading the recipe again.
         extra: an extra for the jobs to install (`"vllm"` for that eval backend), or None.
         hub_parents: the Hub parents the lock pins, `{ref: revision}`: mounted into both jobs
             (the launcher checks them against the lock file in its checkout).
@@ -74,7 +68,6 @@ class Launch:
     src: str
     templates: str | None = None
     push: bool = False
-    target: dict[str, Any] = field(default_factory=dict)
     extra: str | None = None
     hub_parents: dict[str, str] = field(default_factory=dict)
 
@@ -97,12 +90,6 @@ class Launch:
             raise JobsError(f"cannot read the launch file {path}: {exc}") from None
         if launch.extra not in (None, "vllm"):
             raise JobsError(f"{path}: unknown extra {launch.extra!r}")
-        try:
-            HubTarget.model_validate(launch.target)
-        except ValidationError:
-            raise JobsError(
-                f"{path} holds no valid push target: prepare it again with this publisher"
-            ) from None
         return launch
 
 
@@ -151,7 +138,6 @@ def prepare_launch(
         src=rel(checkout),
         templates=rel(Path(templates)) if given.templates_dir else None,
         push=settings.push,
-        target=settings.hub.model_dump(),
         extra="vllm" if settings.eval.backend == "vllm" else None,
         hub_parents=locked_hub_parents(recipe),
     )

@@ -13,7 +13,7 @@ the build merged.
   bundle (the plan in the bucket was written where recipe code ran, so it is not trusted), checks
   the weights against that plan and the card against the reports (`verify_run`) in a child
   process whose environment holds no token (it renders the recipe's card templates), pushes
-  to the target in its spec when asked and only if that passed, and uploads the run record (never the weights) to the private
+  when asked and only if that passed, and uploads the run record (never the weights) to the private
   staging repo, where the local command fetches it. With `record_only` (the build failed or
   timed out) it uploads the record and does nothing else.
 
@@ -70,8 +70,6 @@ class JobSpec:
         options: `publisher.settings.Overrides` fields from the command line (paths relative
             to the bundle).
         push: push after verify passed (finish job).
-        target: where the finish job pushes (`settings.HubTarget` fields): the recipe's target
-            with the launcher's push flags on top, resolved where the recipe was loaded.
         record_only: the build failed: bring the record back, verify and push nothing.
         parent_mounts: Hub parent reference -> where its repo is mounted, at the locked
             revision, e.g. `{"org/base": "/parents/0"}`; both jobs read the weights there.
@@ -83,7 +81,6 @@ class JobSpec:
     staging: str = ""
     options: dict[str, Any] = field(default_factory=dict)
     push: bool = False
-    target: dict[str, Any] = field(default_factory=dict)
     record_only: bool = False
     parent_mounts: dict[str, str] = field(default_factory=dict)
 
@@ -261,13 +258,15 @@ def _push(spec: JobSpec, work: Path) -> None:
     """Push the verified run as data (the upload's allow-list and secret scan)."""
     from publisher.hub import push_run
     from publisher.manifest import Manifest
+    from publisher.recipe import load_recipe
     from publisher.rundir import RunDir
-    from publisher.settings import HubTarget
+    from publisher.settings import Overrides, resolve_settings
 
-    # Where to push comes from the job's spec, which the launcher resolved from the recipe and
-    # its flags: never from the manifest the build job wrote. (So this process, which holds
-    # the token, neither loads the recipe nor imports mergekit.)
-    target = HubTarget.model_validate(spec.target)
+    recipe = load_recipe(mount(BUNDLE_MOUNT) / spec.recipe)
+    # Where to push comes from the trusted bundle's recipe and the command line, resolved
+    # here: never from the manifest the build job wrote.
+    given = {k: spec.options.get(k) for k in ("repo_id", "create_pr", "private")}
+    target = resolve_settings(recipe, Overrides(**given)).hub
     result = push_run(work, **target.model_dump(), log=_say)
     manifest = Manifest(RunDir(work).manifest)
     manifest.data["push"] = result.as_dict()

@@ -13,8 +13,7 @@ directory as a local run.
    them, and runs plan → verify there.
 3. The **finish** job (`--push-flavor`, the token as the secret `HF_TOKEN`) mounts the same
    parents, verifies again from the recipe, pushes only if that passed (and `--push` or
-   `publish.push` asked) to the target in its spec (the recipe's, with these flags on top),
-   and uploads the run record to the staging repo (`runs/<run id>/`).
+   `publish.push` asked), and uploads the run record to the staging repo (`runs/<run id>/`).
 4. Locally: the record (manifest, plan, smoke, eval results, verify, card, image; not the
    weights) is downloaded into the run directory.
 
@@ -48,7 +47,7 @@ from publisher.jobbundle import (
 from publisher.jobrun import BUNDLE_MOUNT, OUT_MOUNT, PARENTS_MOUNT, RECORD_FILES, JobSpec
 from publisher.recipe import Recipe
 from publisher.report import Log, reporter
-from publisher.settings import HubTarget, Overrides, resolve_settings, target_with_flags
+from publisher.settings import Overrides, resolve_settings
 
 # A Python image with uv; the job installs the project's pinned dependencies into it (PyPI's
 # Linux torch wheels are CUDA builds). Pass --image for one that already has them.
@@ -277,7 +276,6 @@ def _start(
         staging=staging,
         options=_job_options(given, bundle),
         push=launch.push if given.push is None else given.push,
-        target=target_with_flags(HubTarget.model_validate(launch.target), given).model_dump(),
         parent_mounts={ref: volume.mount_path for ref, volume in parent_volumes.items()},
     )
     bundle_volume = Volume(

@@ -211,21 +211,16 @@ def read_settings(manifest: Path) -> Settings | None:
 
 def push_target(manifest: Path, given: Overrides | None = None) -> HubTarget:
     """Where `publisher push` sends a run: the recorded target, with the push flags on top."""
+    given = given or Overrides()
     base = _recorded_target(manifest)
-    if base is None and not (given and given.repo_id):
+    repo_id = given.repo_id or (base.repo_id if base else None)
+    if not repo_id:
         raise SettingsError(
             f"no repo id: pass --repo-id or push a run directory made by 'publisher run' "
             f"({manifest} records no settings)"
         )
-    return target_with_flags(base, given)
-
-
-def target_with_flags(base: HubTarget | None, given: Overrides | None) -> HubTarget:
-    """`base` (a resolved target, or `None` for none) with the push flags given on top; a
-    missing repo id is the caller's to report."""
-    given = given or Overrides()
     return HubTarget(
-        repo_id=given.repo_id or (base.repo_id if base else ""),
+        repo_id=repo_id,
         create_pr=_first(given.create_pr, base.create_pr if base else False),
         private=_first(given.private, base.private if base else False),
         revision=given.revision or (base.revision if base else None),

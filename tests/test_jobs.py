@@ -225,15 +225,6 @@ def test_publish_workflow_on_hf_jobs_pushes_and_brings_the_record_back(
         "readOnly": True,
     }
     assert all(mounted in job.spec["volumes"] for job in jobs.values())
-    # The finish job pushes where its spec says, resolved from the recipe and the launcher's
-    # flags: not from anything the build job wrote.
-    finish_spec = json.loads(jobs["finish"].spec["environment"]["PUBLISHER_JOB"])
-    assert finish_spec["target"] == {
-        "repo_id": "jobs-tester/tiny-jobs",
-        "create_pr": False,
-        "private": False,
-        "revision": None,
-    }
     assert done.stdout.count(f"{hub_parent}@{revision[:12]} mounted at") == 2
     for job in jobs.values():
         assert TOKEN not in json.dumps(job.spec["command"]) + json.dumps(job.spec["environment"])
@@ -342,10 +333,12 @@ def test_the_launch_file_is_data(tmp_path: Path) -> None:
             make_bundle(launch(paths=paths), root, tmp_path / "bad")
     assert not (tmp_path / "bad" / "link").exists()
     check_hub_parents(launch(hub_parents={"org/a": "a" * 40}), root)
-    for target in ({}, {"repo_id": "org/m", "colour": "red"}):  # none, or not a HubTarget
-        launch(target=target).write(tmp_path / "launch")
-        with pytest.raises(JobsError, match="no valid push target"):
-            Launch.read(tmp_path / "launch" / "launch.json")
+    # Where to push is not the launch file's to say: the finish job reads the bundle's recipe.
+    written = launch().write(tmp_path / "launch")
+    data = json.loads(written.read_text())
+    written.write_text(json.dumps({**data, "target": {"repo_id": "someone/else"}}))
+    with pytest.raises(JobsError, match="cannot read the launch file"):
+        Launch.read(written)
     for parents in ({"org/a": "b" * 40}, {"org/private": "c" * 40}):
         with pytest.raises(JobsError, match="not what r.lock.json pins"):
             check_hub_parents(launch(hub_parents=parents), root)

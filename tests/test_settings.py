@@ -11,13 +11,11 @@ from publisher.errors import PublisherError
 from publisher.recipe import load_recipe
 from publisher.settings import (
     DEFAULT_STAGES,
-    HubTarget,
     Overrides,
     Settings,
     push_target,
     read_settings,
     resolve_settings,
-    target_with_flags,
 )
 
 RECIPE = (
@@ -142,12 +140,6 @@ def test_settings_round_trip_through_the_manifest(recipe_with, tmp_path):
     assert (again.repo_id, again.create_pr) == ("tester/other", False)
     with pytest.raises(PublisherError, match="no repo id"):
         push_target(tmp_path / "missing.json")
-    # The Jobs launcher puts its own flags on the target the prepare step resolved the same way.
-    on_top = target_with_flags(target, Overrides(private=True, revision="dev"))
-    assert on_top == HubTarget(
-        repo_id="tester/from-recipe", create_pr=True, private=True, revision="dev"
-    )
-    assert target_with_flags(target, Overrides()) == target
 
 
 @pytest.mark.parametrize("command", [["run", "recipes/x.yaml"], ["push", "runs/x"]])
