@@ -479,13 +479,12 @@ def median_interval(values: Sequence[float], confidence: float = 0.9) -> tuple[f
     whole range when no k reaches it). Returns (low, high, coverage)."""
     ordered = sorted(values)
     n = len(ordered)
-    tail, best = 0.0, 1  # P(X <= k - 1) for X ~ Binomial(n, 1/2), and the k it allows
+    best, coverage, tail = 1, 1 - 2 / 2**n, 0.0  # tail: P(X <= k - 1), X ~ Binomial(n, 1/2)
     for k in range(1, n // 2 + 1):
         tail += math.comb(n, k - 1) / 2**n
         if 1 - 2 * tail < confidence:
             break
-        best = k
-    coverage = 1 - 2 * sum(math.comb(n, i) for i in range(best)) / 2**n
+        best, coverage = k, 1 - 2 * tail
     return ordered[best - 1], ordered[n - best], coverage
 
 

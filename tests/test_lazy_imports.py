@@ -16,7 +16,7 @@ from publisher.lazy_imports import defer, is_deferred
 
 @pytest.fixture
 def slow_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A package that counts its imports in `IMPORTS` (a module-level list of builtins)."""
+    """A package that counts how often it is imported in `builtins.SLOW_PKG_IMPORTS`."""
     package = tmp_path / "slow_pkg"
     (package / "sub").mkdir(parents=True)
     (package / "__init__.py").write_text(
@@ -69,7 +69,7 @@ def test_from_import_and_missing_modules(slow_package: str) -> None:
     assert "no_such_module_publisher_test" not in sys.modules
 
 
-def test_publisher_defers_peft_through_mergekit_and_a_merge_still_runs() -> None:
+def test_publisher_defers_peft_through_mergekit_and_peft_still_imports() -> None:
     """In a fresh interpreter: mergekit's merge path leaves peft unimported, and peft still
     works for whoever reads it."""
     code = (
